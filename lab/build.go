@@ -1,0 +1,185 @@
+package lab
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"path"
+	"sort"
+	"strings"
+
+	"github.com/moby/patternmatcher"
+	"github.com/moby/patternmatcher/ignorefile"
+)
+
+// MaxContextSize bounds the total size of one image build context.
+const MaxContextSize = 256 << 20
+
+// BuildContext is an image build context inside the repository, with the
+// files that go into it and a digest of their content. The image is tagged
+// with the digest, so an unchanged context is never rebuilt.
+type BuildContext struct {
+	// Name is "agent" or the stack service the image is for.
+	Name       string
+	Dir        string
+	Dockerfile string
+	Args       map[string]string
+	// Files are the context's files, relative to Dir, sorted; .dockerignore
+	// is applied.
+	Files []ContextFile
+	// Digest is a SHA-256 of the files' names, modes and content, the
+	// Dockerfile name and the build arguments.
+	Digest string
+}
+
+// ContextFile is one file of a build context.
+type ContextFile struct {
+	Path string
+	Mode fs.FileMode
+	Size int64
+}
+
+// Tag returns the image tag for a build of this context in the given lab.
+func (b *BuildContext) Tag(lab string) string {
+	return fmt.Sprintf("labsync-%s-%s:%s", strings.ToLower(sanitizeRef(lab)), strings.ToLower(sanitizeRef(b.Name)), b.Digest[:12])
+}
+
+func sanitizeRef(s string) string {
+	var out strings.Builder
+	for _, r := range strings.ToLower(s) {
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '.' || r == '_' {
+			out.WriteRune(r)
+		} else {
+			out.WriteRune('-')
+		}
+	}
+	return strings.Trim(out.String(), "-._")
+}
+
+// loadBuild reads a build context's file list and computes its digest.
+// where and line locate the declaration for error messages.
+func (l *Lab) loadBuild(where string, line int, name, dir, dockerfile string, args map[string]string) *BuildContext {
+	if where == "" {
+		where = dir
+	}
+	if dockerfile == "" {
+		dockerfile = "Dockerfile"
+	}
+	if !safePath(dockerfile) {
+		l.d.errorf(where, line, "dockerfile %q must be a relative path inside the build context", dockerfile)
+		return nil
+	}
+	b := &BuildContext{Name: name, Dir: dir, Dockerfile: path.Clean(dockerfile), Args: args}
+	if !l.exists(path.Join(dir, b.Dockerfile)) {
+		l.d.errorf(where, line, "build context %s has no %s; add it or point dockerfile: at the right file", dir, b.Dockerfile)
+		return nil
+	}
+	files, err := contextFiles(l.fsys, dir, b.Dockerfile)
+	if err != nil {
+		l.d.errorf(where, line, "build context %s: %v", dir, err)
+		return nil
+	}
+	b.Files = files
+	digest, err := contextDigest(l.fsys, b)
+	if err != nil {
+		l.d.errorf(where, line, "build context %s: %v", dir, err)
+		return nil
+	}
+	b.Digest = digest
+	return b
+}
+
+// contextFiles lists the files of a build context, honouring .dockerignore
+// the way docker build does. The Dockerfile and .dockerignore are always
+// sent, as docker build needs them.
+func contextFiles(fsys fs.FS, dir, dockerfile string) ([]ContextFile, error) {
+	var patterns []string
+	if data, err := fs.ReadFile(fsys, path.Join(dir, ".dockerignore")); err == nil {
+		patterns, err = ignorefile.ReadAll(bytes.NewReader(data))
+		if err != nil {
+			return nil, fmt.Errorf("read .dockerignore: %w", err)
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("read .dockerignore: %w", err)
+	}
+	pm, err := patternmatcher.New(patterns)
+	if err != nil {
+		return nil, fmt.Errorf(".dockerignore: %w", err)
+	}
+	var out []ContextFile
+	var total int64
+	err = fs.WalkDir(fsys, dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel := strings.TrimPrefix(strings.TrimPrefix(p, dir), "/")
+		if rel == "" {
+			return nil
+		}
+		always := rel == dockerfile || rel == ".dockerignore"
+		if !always {
+			skip, err := pm.MatchesOrParentMatches(rel)
+			if err != nil {
+				return err
+			}
+			if skip {
+				if d.IsDir() && !pm.Exclusions() {
+					return fs.SkipDir
+				}
+				return nil
+			}
+		}
+		if d.IsDir() {
+			return nil
+		}
+		if d.Type()&fs.ModeSymlink != 0 {
+			return fmt.Errorf("%s is a symbolic link; build contexts may hold regular files only", rel)
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		total += info.Size()
+		if total > MaxContextSize {
+			return fmt.Errorf("larger than %d MiB; exclude what the image does not need in .dockerignore", MaxContextSize>>20)
+		}
+		out = append(out, ContextFile{Path: rel, Mode: info.Mode(), Size: info.Size()})
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
+	return out, nil
+}
+
+func contextDigest(fsys fs.FS, b *BuildContext) (string, error) {
+	h := sha256.New()
+	fmt.Fprintf(h, "dockerfile\x00%s\x00", b.Dockerfile)
+	keys := make([]string, 0, len(b.Args))
+	for k := range b.Args {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Fprintf(h, "arg\x00%s=%s\x00", k, b.Args[k])
+	}
+	for _, f := range b.Files {
+		exec := f.Mode.Perm()&0o111 != 0
+		fmt.Fprintf(h, "file\x00%s\x00%t\x00%d\x00", f.Path, exec, f.Size)
+		r, err := fsys.Open(path.Join(b.Dir, f.Path))
+		if err != nil {
+			return "", err
+		}
+		_, err = io.Copy(h, r)
+		r.Close()
+		if err != nil {
+			return "", err
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}

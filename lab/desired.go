@@ -1,0 +1,232 @@
+package lab
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"io/fs"
+	"sort"
+	"time"
+)
+
+// Kind is the kind of a managed container.
+type Kind string
+
+// Container kinds.
+const (
+	KindAgent   Kind = "agent"
+	KindService Kind = "service"
+)
+
+// SchemaVersion is stamped on every managed object; it changes when the
+// meaning of the spec hash changes.
+const SchemaVersion = "1"
+
+// Desired is the state a lab's Docker host should be in.
+type Desired struct {
+	Lab      string
+	Revision string
+	Networks []NetworkSpec
+	Volumes  []VolumeSpec
+	Images   []ImageSpec
+	// Containers are sorted by kind (services first) and name.
+	Containers []ContainerSpec
+	Prune      PrunePolicy
+	Update     UpdatePolicy
+}
+
+// PrunePolicy says whether orphans are removed and the guard against mass
+// removal.
+type PrunePolicy struct {
+	Enabled bool
+	// MaxFraction is the largest fraction of the running agents one pass
+	// may remove.
+	MaxFraction float64
+}
+
+// UpdatePolicy says how containers are started and replaced.
+type UpdatePolicy struct {
+	Parallelism  int
+	StartTimeout time.Duration
+	MinUptime    time.Duration
+}
+
+// NetworkSpec is a network to create.
+type NetworkSpec struct {
+	Key        string            `json:"-"`
+	Name       string            `json:"name"`
+	Driver     string            `json:"driver,omitempty"`
+	DriverOpts map[string]string `json:"driver_opts,omitempty"`
+	IPAM       []IPAMPool        `json:"ipam,omitempty"`
+	Hash       string            `json:"-"`
+}
+
+// IPAMPool is one address pool of a network.
+type IPAMPool struct {
+	Subnet  string `json:"subnet,omitempty"`
+	Gateway string `json:"gateway,omitempty"`
+	IPRange string `json:"ip_range,omitempty"`
+}
+
+// VolumeSpec is a named volume to create.
+type VolumeSpec struct {
+	Key        string            `json:"-"`
+	Name       string            `json:"name"`
+	Driver     string            `json:"driver,omitempty"`
+	DriverOpts map[string]string `json:"driver_opts,omitempty"`
+	Hash       string            `json:"-"`
+}
+
+// ImageSpec is an image to build from the repository.
+type ImageSpec struct {
+	Tag     string
+	Context *BuildContext
+	// Source is the file system the context is read from.
+	Source fs.FS
+}
+
+// ContainerSpec is everything that defines one container. Its Hash covers
+// every field that has a JSON name.
+type ContainerSpec struct {
+	Name          string              `json:"-"`
+	Kind          Kind                `json:"-"`
+	ContainerName string              `json:"container_name"`
+	Image         string              `json:"image"`
+	Command       []string            `json:"command,omitempty"`
+	Entrypoint    []string            `json:"entrypoint,omitempty"`
+	Env           map[string]string   `json:"env,omitempty"`
+	Secrets       map[string]string   `json:"secrets,omitempty"`
+	Files         []FileSpec          `json:"files,omitempty"`
+	Mounts        []MountSpec         `json:"mounts,omitempty"`
+	Networks      []NetworkAttachSpec `json:"networks,omitempty"`
+	Ports         []PortSpec          `json:"ports,omitempty"`
+	Expose        []string            `json:"expose,omitempty"`
+	ExtraHosts    []string            `json:"extra_hosts,omitempty"`
+	DNS           []string            `json:"dns,omitempty"`
+	Restart       string              `json:"restart,omitempty"`
+	Healthcheck   *HealthSpec         `json:"healthcheck,omitempty"`
+	Labels        map[string]string   `json:"labels,omitempty"`
+	Hostname      string              `json:"hostname,omitempty"`
+	Domainname    string              `json:"domainname,omitempty"`
+	Privileged    bool                `json:"privileged,omitempty"`
+	Sysctls       map[string]string   `json:"sysctls,omitempty"`
+	CapAdd        []string            `json:"cap_add,omitempty"`
+	Devices       []DeviceSpec        `json:"devices,omitempty"`
+	Memory        int64               `json:"memory,omitempty"`
+	User          string              `json:"user,omitempty"`
+	WorkingDir    string              `json:"working_dir,omitempty"`
+	Tty           bool                `json:"tty,omitempty"`
+	StdinOpen     bool                `json:"stdin_open,omitempty"`
+
+	// DependsOn orders services at apply; it does not change the container.
+	DependsOn []Dependency `json:"-"`
+	// Sources are the repository files that define the container.
+	Sources []string `json:"-"`
+	// BuildTag is the tag of the image built for this container, if any.
+	BuildTag string `json:"-"`
+	// Hash is the spec hash; Fields a short digest per field and per file
+	// key, so a change can be explained.
+	Hash   string            `json:"-"`
+	Fields map[string]string `json:"-"`
+}
+
+// FileSpec is a file copied into the container before it starts.
+type FileSpec struct {
+	Path    string            `json:"path"`
+	Mode    int64             `json:"mode"`
+	Content []byte            `json:"content"`
+	Source  string            `json:"-"`
+	Keys    map[string]string `json:"-"`
+}
+
+// MountSpec is a bind mount of a host path or a named volume.
+type MountSpec struct {
+	Type     string `json:"type"`
+	Source   string `json:"source,omitempty"`
+	Target   string `json:"target"`
+	ReadOnly bool   `json:"read_only,omitempty"`
+}
+
+// NetworkAttachSpec connects the container to a network.
+type NetworkAttachSpec struct {
+	Network     string   `json:"network"`
+	IPv4Address string   `json:"ipv4_address,omitempty"`
+	Aliases     []string `json:"aliases,omitempty"`
+}
+
+// PortSpec publishes a container port on the host.
+type PortSpec struct {
+	HostIP        string `json:"host_ip,omitempty"`
+	HostPort      string `json:"host_port,omitempty"`
+	ContainerPort uint32 `json:"container_port"`
+	Protocol      string `json:"protocol"`
+}
+
+// HealthSpec is a container healthcheck.
+type HealthSpec struct {
+	Test        []string      `json:"test"`
+	Interval    time.Duration `json:"interval,omitempty"`
+	Timeout     time.Duration `json:"timeout,omitempty"`
+	StartPeriod time.Duration `json:"start_period,omitempty"`
+	Retries     int           `json:"retries,omitempty"`
+}
+
+// DeviceSpec maps a host device into the container.
+type DeviceSpec struct {
+	Host        string `json:"host"`
+	Container   string `json:"container"`
+	Permissions string `json:"permissions,omitempty"`
+}
+
+// Dependency is a service this one waits for.
+type Dependency struct {
+	Name      string
+	Condition string
+}
+
+// seal computes the spec hash and the per-field digests of c.
+func (c *ContainerSpec) seal() {
+	data, err := json.Marshal(c)
+	if err != nil {
+		panic("lab: container spec does not encode: " + err.Error()) // all fields are plain data
+	}
+	sum := sha256.Sum256(data)
+	c.Hash = hex.EncodeToString(sum[:])
+	var fields map[string]json.RawMessage
+	_ = json.Unmarshal(data, &fields)
+	c.Fields = make(map[string]string, len(fields))
+	for k, v := range fields {
+		if k == "files" {
+			continue
+		}
+		c.Fields[k] = shortDigest(v)
+	}
+	for _, f := range c.Files {
+		id := f.Source
+		if id == "" {
+			id = f.Path
+		}
+		enc, _ := json.Marshal(f)
+		c.Fields["file:"+id] = shortDigest(enc)
+		for k, d := range f.Keys {
+			c.Fields["file:"+id+"#"+k] = d
+		}
+	}
+}
+
+// sealNetwork and sealVolume hash network and volume specs.
+func hashJSON(v any) string {
+	data, _ := json.Marshal(v)
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:])
+}
+
+// FieldNames returns the sorted keys of a field-digest map.
+func FieldNames(m map[string]string) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}

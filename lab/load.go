@@ -1,0 +1,591 @@
+// Package lab reads a lab repository (lab.yaml, the SUT files and the stack's
+// Compose file) from an fs.FS, validates it with every problem located by
+// file and line, and compiles it into the desired state of the Docker host.
+// It is pure: it reads the file system it is given and nothing else.
+package lab
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path"
+	"regexp"
+	"sort"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/labsync/labsync/internal/yamlcheck"
+	"github.com/labsync/labsync/testflinger"
+)
+
+// MaxFileSize is the default bound on any file labsync reads from a lab.
+const MaxFileSize = 1 << 20
+
+// LoadOptions tune Load.
+type LoadOptions struct {
+	// DefaultName is the lab name when lab.yaml gives none, usually the
+	// repository's directory name.
+	DefaultName string
+	// MaxFileSize bounds every file read; 0 means MaxFileSize.
+	MaxFileSize int64
+}
+
+// Lab is a loaded, validated lab repository.
+type Lab struct {
+	Name   string
+	Config Config
+	// SUTs are the agents, sorted by name; disabled ones included.
+	SUTs  []*SUT
+	Stack *Stack
+	// AgentImage is the agent image: a name, or a build inside the repo.
+	AgentImage ImageSource
+	// Digest is a SHA-256 of every file the lab was read from.
+	Digest      string
+	Diagnostics Diagnostics
+
+	fsys    fs.FS
+	maxSize int64
+	files   map[string][]byte
+	dirs    map[string][]fs.DirEntry
+	d       diags
+}
+
+// SUT is one device under test: one agent container.
+type SUT struct {
+	Name      string
+	Conf      *SourceFile
+	Connector *SourceFile
+	Job       *SourceFile
+	// Override is sut/<name>.lab.yaml, when present.
+	Override     *AgentOverride
+	OverrideFile *SourceFile
+	Agent        testflinger.AgentConf
+	DeviceIP     string
+}
+
+// Enabled reports whether the SUT should have a running agent.
+func (s *SUT) Enabled() bool {
+	return s.Override == nil || s.Override.Enabled == nil || *s.Override.Enabled
+}
+
+// SourceFile is a file of the repository as it will be copied into a
+// container, with a digest of each top-level YAML key for change reports.
+type SourceFile struct {
+	Path string
+	Data []byte
+	Keys map[string]string
+}
+
+// ImageSource is where an image comes from: a name, or a build context.
+type ImageSource struct {
+	Name  string
+	Build *BuildContext
+}
+
+// validName matches names that are valid container names, host names and
+// MQTT topic levels at once.
+var validName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
+
+// Load reads and validates the lab repository in fsys. It returns the lab
+// with its warnings; when the repository has errors it returns a
+// *ValidationError that lists them all, and the partly loaded lab.
+func Load(fsys fs.FS, opts LoadOptions) (*Lab, error) {
+	l := &Lab{fsys: fsys, maxSize: opts.MaxFileSize, files: map[string][]byte{}, dirs: map[string][]fs.DirEntry{}}
+	if l.maxSize <= 0 {
+		l.maxSize = MaxFileSize
+	}
+	l.loadConfig(opts.DefaultName)
+	l.loadSUTs()
+	l.loadStack()
+	l.loadAgentImage()
+	l.crossCheck()
+	l.Digest = l.digest()
+	l.d.list.sort()
+	l.Diagnostics = l.d.list
+	if l.Diagnostics.HasErrors() {
+		return l, &ValidationError{Diagnostics: l.Diagnostics}
+	}
+	return l, nil
+}
+
+// FS returns the file system the lab was loaded from (for image builds).
+func (l *Lab) FS() fs.FS { return l.fsys }
+
+func (l *Lab) loadConfig(defaultName string) {
+	const file = "lab.yaml"
+	data, ok := l.readOptional(file)
+	if ok {
+		root, f := yamlcheck.Parse(data)
+		if f != nil {
+			l.d.add(file, *f)
+		} else if root != nil {
+			l.d.add(file, yamlcheck.Decode(root, &l.Config)...)
+			l.checkConfig(file, root)
+		}
+	}
+	l.Name = l.Config.Name
+	if l.Name == "" {
+		l.Name = sanitizeName(defaultName)
+		if l.Name == "" {
+			l.Name = "lab"
+		}
+	}
+	if !validName.MatchString(l.Name) {
+		l.d.errorf(file, lineOf(file, "name", l), "lab name %q is not valid; use letters, digits, '.', '_' and '-', starting with a letter or digit", l.Name)
+	}
+}
+
+// lineOf finds the line of a top-level key in a file already read; 0 when
+// unknown. Used only for messages about values checked after decoding.
+func lineOf(file, key string, l *Lab) int {
+	root, f := yamlcheck.Parse(l.files[file])
+	if f != nil || root == nil {
+		return 0
+	}
+	parts := strings.Split(key, ".")
+	n := root
+	line := 0
+	for _, part := range parts {
+		var next *yaml.Node
+		for _, p := range yamlcheck.Pairs(n) {
+			if p.Key == part {
+				next, line = p.Value, p.KeyN.Line
+			}
+		}
+		if next == nil {
+			return line
+		}
+		n = next
+	}
+	return line
+}
+
+var restartPolicies = []string{"no", "always", "unless-stopped", "on-failure"}
+
+func (l *Lab) checkConfig(file string, root *yaml.Node) {
+	c := &l.Config
+	if c.Agents.Dir != "" && !safePath(c.Agents.Dir) {
+		l.d.errorf(file, lineOf(file, "agents.dir", l), "'agents.dir' %q must be a relative path inside the repository", c.Agents.Dir)
+	}
+	if c.Stack != "" && !safePath(c.Stack) {
+		l.d.errorf(file, lineOf(file, "stack", l), "'stack' %q must be a relative path inside the repository", c.Stack)
+	}
+	if c.Agents.Image.Name != "" && c.Agents.Image.Build != nil {
+		l.d.errorf(file, lineOf(file, "agents.image", l), "'agents.image' sets both name and build; keep one")
+	}
+	if b := c.Agents.Image.Build; b != nil && (b.Context == "" || !safePath(b.Context)) {
+		l.d.errorf(file, lineOf(file, "agents.image.build", l), "'agents.image.build.context' must be a relative folder inside the repository, e.g. images/agent")
+	}
+	if r := c.Agents.Restart; r != "" && !containsStr(restartPolicies, r) {
+		l.d.errorf(file, lineOf(file, "agents.restart", l), "'agents.restart' is %q; use one of %s", r, strings.Join(restartPolicies, ", "))
+	}
+	if c.Agents.Update.Parallelism < 0 {
+		l.d.errorf(file, lineOf(file, "agents.update.parallelism", l), "'agents.update.parallelism' must be 1 or more")
+	}
+	if f := c.Prune.MaxFraction; f != nil && (*f < 0 || *f > 1) {
+		l.d.errorf(file, lineOf(file, "prune.max_fraction", l), "'prune.max_fraction' is %v; use a fraction between 0 and 1, e.g. 0.5", *f)
+	}
+	if p := c.ContainerPrefix; p != "" && !validName.MatchString(p) {
+		l.d.errorf(file, lineOf(file, "container_prefix", l), "'container_prefix' %q is not valid in a container name", p)
+	}
+	for k := range c.Agents.Env {
+		if _, dup := c.Agents.Secrets[k]; dup {
+			l.d.errorf(file, lineOf(file, "agents.secrets", l), "'%s' is set in both agents.env and agents.secrets; keep it in secrets", k)
+		}
+	}
+	for k, v := range c.Agents.Secrets {
+		if !validEnvName(k) || !validName.MatchString(v) {
+			l.d.errorf(file, lineOf(file, "agents.secrets", l), "'agents.secrets' maps %q to %q; map an environment variable name to a secret name made of letters, digits, '.', '_' and '-'", k, v)
+		}
+	}
+	for _, k := range []string{"agents.files.conf", "agents.files.connector", "agents.files.job"} {
+		v := map[string]string{"agents.files.conf": c.Agents.Files.Conf, "agents.files.connector": c.Agents.Files.Connector, "agents.files.job": c.Agents.Files.Job}[k]
+		if v != "" && !strings.HasPrefix(v, "/") {
+			l.d.errorf(file, lineOf(file, k, l), "'%s' is %q; give an absolute path inside the container", k, v)
+		}
+	}
+	_ = root
+}
+
+func validEnvName(s string) bool {
+	return regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`).MatchString(s)
+}
+
+// safePath reports whether p is a relative slash path that stays inside the
+// repository.
+func safePath(p string) bool {
+	if p == "" || strings.HasPrefix(p, "/") || strings.Contains(p, "\\") {
+		return false
+	}
+	c := path.Clean(p)
+	return c == "." || fs.ValidPath(c)
+}
+
+func sanitizeName(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '_', r == '.':
+			b.WriteRune(r)
+		default:
+			b.WriteRune('-')
+		}
+	}
+	return strings.TrimLeft(b.String(), "-_.")
+}
+
+// entry finds the directory entry of name, reading its folder once.
+func (l *Lab) entry(name string) (fs.DirEntry, error) {
+	dir := path.Dir(name)
+	ents, ok := l.dirs[dir]
+	if !ok {
+		var err error
+		ents, err = fs.ReadDir(l.fsys, dir)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, err
+		}
+		l.dirs[dir] = ents
+	}
+	base := path.Base(name)
+	for _, e := range ents {
+		if e.Name() == base {
+			return e, nil
+		}
+	}
+	return nil, fs.ErrNotExist
+}
+
+// exists reports whether the regular file or folder name exists.
+func (l *Lab) exists(name string) bool {
+	_, err := l.entry(name)
+	return err == nil
+}
+
+// readOptional reads a file that may be absent. Errors are diagnostics.
+func (l *Lab) readOptional(name string) ([]byte, bool) {
+	e, err := l.entry(name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, false
+	}
+	if err != nil {
+		l.d.errorf(name, 0, "cannot read: %v", err)
+		return nil, false
+	}
+	return l.readEntry(name, e)
+}
+
+// read reads a file that must exist.
+func (l *Lab) read(name, why string) ([]byte, bool) {
+	data, ok := l.readOptional(name)
+	if !ok && !l.hasDiag(name) {
+		l.d.errorf(name, 0, "file not found; %s", why)
+	}
+	return data, ok
+}
+
+func (l *Lab) hasDiag(file string) bool {
+	for _, d := range l.d.list {
+		if d.File == file {
+			return true
+		}
+	}
+	return false
+}
+
+func (l *Lab) readEntry(name string, e fs.DirEntry) ([]byte, bool) {
+	if e.Type()&fs.ModeSymlink != 0 {
+		l.d.errorf(name, 0, "is a symbolic link; labsync does not follow links, commit the file itself")
+		return nil, false
+	}
+	if e.IsDir() {
+		l.d.errorf(name, 0, "is a folder, expected a file")
+		return nil, false
+	}
+	info, err := e.Info()
+	if err != nil {
+		l.d.errorf(name, 0, "cannot read: %v", err)
+		return nil, false
+	}
+	if info.Size() > l.maxSize {
+		l.d.errorf(name, 0, "is %d bytes, over the %d-byte limit for lab files; keep large data out of the lab repository", info.Size(), l.maxSize)
+		return nil, false
+	}
+	data, err := fs.ReadFile(l.fsys, name)
+	if err != nil {
+		l.d.errorf(name, 0, "cannot read: %v", err)
+		return nil, false
+	}
+	if int64(len(data)) > l.maxSize {
+		l.d.errorf(name, 0, "is over the %d-byte limit for lab files", l.maxSize)
+		return nil, false
+	}
+	l.files[name] = data
+	return data, true
+}
+
+// sutFileKind classifies the files of the agents folder.
+func sutFileKind(base string) (name, kind string) {
+	switch {
+	case strings.HasSuffix(base, "_snappy.yaml"):
+		return strings.TrimSuffix(base, "_snappy.yaml"), "connector"
+	case strings.HasSuffix(base, ".lab.yaml"):
+		return strings.TrimSuffix(base, ".lab.yaml"), "override"
+	case strings.HasSuffix(base, ".conf"):
+		return strings.TrimSuffix(base, ".conf"), "conf"
+	case strings.HasSuffix(base, ".yaml"):
+		return strings.TrimSuffix(base, ".yaml"), "job"
+	}
+	return "", ""
+}
+
+func (l *Lab) agentsDir() string {
+	if l.Config.Agents.Dir != "" && safePath(l.Config.Agents.Dir) {
+		return path.Clean(l.Config.Agents.Dir)
+	}
+	return DefaultAgentsDir
+}
+
+func (l *Lab) loadSUTs() {
+	dir := l.agentsDir()
+	ents, err := fs.ReadDir(l.fsys, dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return
+	}
+	if err != nil {
+		l.d.errorf(dir, 0, "cannot read the agents folder: %v", err)
+		return
+	}
+	byName := map[string]*SUT{}
+	get := func(name string) *SUT {
+		s := byName[name]
+		if s == nil {
+			s = &SUT{Name: name}
+			byName[name] = s
+		}
+		return s
+	}
+	for _, e := range ents {
+		file := path.Join(dir, e.Name())
+		if e.IsDir() {
+			l.d.warnf(file, 0, "folder inside %s/ is ignored", dir)
+			continue
+		}
+		name, kind := sutFileKind(e.Name())
+		if kind == "" {
+			l.d.warnf(file, 0, "stray file ignored; %s/ holds <name>.conf, <name>_snappy.yaml, <name>.yaml and <name>.lab.yaml", dir)
+			continue
+		}
+		if !validName.MatchString(name) {
+			l.d.errorf(file, 0, "SUT name %q is not valid; use letters, digits, '.', '_' and '-', start with a letter or digit, at most 63 characters", name)
+			continue
+		}
+		data, ok := l.readEntry(file, e)
+		if !ok {
+			continue
+		}
+		s := get(name)
+		root, f := yamlcheck.Parse(data)
+		if f != nil {
+			l.d.add(file, *f)
+		}
+		sf := &SourceFile{Path: file, Data: data, Keys: keyDigests(root)}
+		switch kind {
+		case "conf":
+			s.Conf = sf
+			if f == nil {
+				conf, fs := testflinger.CheckAgentConf(root)
+				l.d.add(file, fs...)
+				s.Agent = conf
+			}
+		case "connector":
+			s.Connector = sf
+			if f == nil {
+				conf, fs := testflinger.CheckConnectorConf(root)
+				l.d.add(file, fs...)
+				s.DeviceIP = conf.DeviceIP
+			}
+		case "job":
+			s.Job = sf
+			if f == nil {
+				l.d.add(file, testflinger.CheckJob(root)...)
+			}
+		case "override":
+			s.OverrideFile = sf
+			s.Override = &AgentOverride{}
+			if f == nil {
+				l.d.add(file, yamlcheck.Decode(root, s.Override)...)
+			}
+		}
+	}
+	names := make([]string, 0, len(byName))
+	for n := range byName {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		s := byName[n]
+		if s.Conf == nil {
+			for _, f := range []*SourceFile{s.Connector, s.Job, s.OverrideFile} {
+				if f != nil {
+					l.d.warnf(f.Path, 0, "no %s/%s.conf for this file, so no agent uses it; add the .conf or remove this file", dir, n)
+				}
+			}
+			continue
+		}
+		l.SUTs = append(l.SUTs, s)
+	}
+}
+
+// keyDigests returns a short digest of each top-level key's value of a YAML
+// mapping, so a change can be reported by key.
+func keyDigests(root *yaml.Node) map[string]string {
+	pairs := yamlcheck.Pairs(root)
+	if len(pairs) == 0 {
+		return nil
+	}
+	out := make(map[string]string, len(pairs))
+	for _, p := range pairs {
+		data, err := yaml.Marshal(p.Value)
+		if err != nil {
+			continue
+		}
+		out[p.Key] = shortDigest(data)
+	}
+	return out
+}
+
+func shortDigest(data []byte) string {
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:4])
+}
+
+func (l *Lab) loadAgentImage() {
+	c := l.Config.Agents.Image
+	switch {
+	case c.Name != "":
+		l.AgentImage = ImageSource{Name: c.Name}
+	case c.Build != nil && safePath(c.Build.Context):
+		l.AgentImage = ImageSource{Build: l.loadBuild("lab.yaml", lineOf("lab.yaml", "agents.image.build", l), "agent", path.Clean(c.Build.Context), c.Build.Dockerfile, c.Build.Args)}
+	case l.exists(path.Join(DefaultAgentBuildDir, "Dockerfile")):
+		l.AgentImage = ImageSource{Build: l.loadBuild("", 0, "agent", DefaultAgentBuildDir, "", nil)}
+	default:
+		l.AgentImage = ImageSource{Name: DefaultAgentImage}
+	}
+}
+
+func (l *Lab) crossCheck() {
+	dir := l.agentsDir()
+	ids := map[string]*SUT{}
+	ips := map[string]*SUT{}
+	for _, s := range l.SUTs {
+		if s.Agent.AgentID != "" {
+			if s.Agent.AgentID != s.Name {
+				l.d.warnf(s.Conf.Path, s.Agent.AgentIDLine, "agent_id %q differs from the file name; Testflinger, MQTT topics and the container use %q, so set agent_id: %s", s.Agent.AgentID, s.Name, s.Name)
+			}
+			if o := ids[s.Agent.AgentID]; o != nil {
+				l.d.errorf(s.Conf.Path, s.Agent.AgentIDLine, "agent_id %q is also used by %s; each agent needs its own agent_id", s.Agent.AgentID, o.Conf.Path)
+			} else {
+				ids[s.Agent.AgentID] = s
+			}
+		}
+		if s.DeviceIP != "" && s.Enabled() {
+			if o := ips[s.DeviceIP]; o != nil {
+				l.d.errorf(s.Connector.Path, lineOfData(s.Connector.Data, "device_ip"), "device_ip %s is also used by %s; two agents must never drive one device", s.DeviceIP, o.Connector.Path)
+			} else {
+				ips[s.DeviceIP] = s
+			}
+		}
+		if s.Override != nil && s.OverrideFile != nil {
+			if img := s.Override.Image; img != "" && strings.ContainsAny(img, " \t") {
+				l.d.errorf(s.OverrideFile.Path, lineOfData(s.OverrideFile.Data, "image"), "'image' %q is not an image reference", img)
+			}
+			for net := range s.Override.Networks {
+				if !l.hasNetwork(net) {
+					l.d.errorf(s.OverrideFile.Path, lineOfData(s.OverrideFile.Data, "networks"), "network %q is not defined in the stack; define it under networks: in %s", net, l.stackFileOr())
+				}
+			}
+		}
+	}
+	for net := range l.Config.Agents.Networks {
+		if !l.hasNetwork(net) {
+			l.d.errorf("lab.yaml", lineOf("lab.yaml", "agents.networks", l), "network %q is not defined in the stack; define it under networks: in %s", net, l.stackFileOr())
+		}
+	}
+	// Container names must not collide.
+	names := map[string]string{}
+	if l.Stack != nil {
+		for _, svc := range l.Stack.Services {
+			cn := l.serviceContainerName(svc)
+			if prev, dup := names[cn]; dup {
+				l.d.errorf(l.Stack.File, svc.Line, "container name %q is also used by %s", cn, prev)
+			}
+			names[cn] = fmt.Sprintf("service %s in %s", svc.Name, l.Stack.File)
+		}
+	}
+	for _, s := range l.SUTs {
+		cn := l.Config.ContainerPrefix + s.Name
+		if prev, dup := names[cn]; dup {
+			l.d.errorf(s.Conf.Path, 0, "SUT %q would get container name %q, already used by %s; rename the SUT or the service", s.Name, cn, prev)
+		}
+		names[cn] = fmt.Sprintf("SUT %s", s.Name)
+	}
+	_ = dir
+}
+
+func (l *Lab) stackFileOr() string {
+	if l.Stack != nil {
+		return l.Stack.File
+	}
+	return "the compose file"
+}
+
+func (l *Lab) hasNetwork(name string) bool {
+	if name == "default" {
+		return true
+	}
+	if l.Stack == nil {
+		return false
+	}
+	_, ok := l.Stack.Networks[name]
+	return ok
+}
+
+// lineOfData finds the line of a top-level key in YAML data; 0 when absent.
+func lineOfData(data []byte, key string) int {
+	root, f := yamlcheck.Parse(data)
+	if f != nil {
+		return 0
+	}
+	for _, p := range yamlcheck.Pairs(root) {
+		if p.Key == key {
+			return p.KeyN.Line
+		}
+	}
+	return 0
+}
+
+func (l *Lab) digest() string {
+	names := make([]string, 0, len(l.files))
+	for n := range l.files {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	h := sha256.New()
+	for _, n := range names {
+		fmt.Fprintf(h, "%s\x00%d\x00", n, len(l.files[n]))
+		h.Write(l.files[n])
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func containsStr(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
