@@ -43,9 +43,11 @@ type ContextFile struct {
 	Size int64
 }
 
-// Tag returns the image tag for a build of this context in the given lab.
+// Tag returns the image tag for a build of this context in the given lab:
+// labsync/<lab>/<context folder>:<digest>. Services that share a context
+// share the image.
 func (b *BuildContext) Tag(lab string) string {
-	return fmt.Sprintf("labsync-%s-%s:%s", strings.ToLower(sanitizeRef(lab)), strings.ToLower(sanitizeRef(b.Name)), b.Digest[:12])
+	return fmt.Sprintf("labsync/%s/%s:%s", sanitizeRef(lab), sanitizeRef(b.Dir), b.Digest[:12])
 }
 
 func sanitizeRef(s string) string {

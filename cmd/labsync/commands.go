@@ -1,0 +1,230 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/labsync/labsync/lab"
+	"github.com/labsync/labsync/reconciler"
+	"github.com/labsync/labsync/runtime"
+)
+
+// common holds the flags every lab command shares.
+type common struct {
+	name       string
+	dockerHost string
+	logLevel   string
+	secretsDir string
+}
+
+func (c *common) register(fs *flag.FlagSet, docker bool) {
+	fs.StringVar(&c.name, "name", "", "lab name when lab.yaml sets none (default: the folder's name)")
+	if docker {
+		fs.StringVar(&c.dockerHost, "docker-host", "", "Docker engine address (default: $DOCKER_HOST or the local socket)")
+		fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+		fs.StringVar(&c.secretsDir, "secrets-dir", os.Getenv("LABSYNC_SECRETS_DIR"), "folder with one file per secret (env: LABSYNC_SECRETS_DIR)")
+	}
+}
+
+func parse(fs *flag.FlagSet, args []string) (string, error) {
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(os.Stdout)
+			fs.Usage()
+			return "", exitError{0}
+		}
+		return "", usageError{err.Error()}
+	}
+	switch fs.NArg() {
+	case 0:
+		return ".", nil
+	case 1:
+		return fs.Arg(0), nil
+	}
+	return "", usageError{fmt.Sprintf("%s takes one PATH, got %d", fs.Name(), fs.NArg())}
+}
+
+func newFlagSet(name, synopsis string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: labsync %s [flags] [PATH]\n\n%s\n\nFlags:\n", name, synopsis)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// loadLab loads the repository at dir and prints its diagnostics.
+func loadLab(dir string, c *common, stderr io.Writer) (*lab.Lab, error) {
+	info, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("lab repository: %w", err)
+	}
+	if !info.IsDir() {
+		return nil, fmt.Errorf("lab repository %s is not a folder", dir)
+	}
+	name := c.name
+	if name == "" {
+		abs, _ := filepath.Abs(dir)
+		name = filepath.Base(abs)
+	}
+	l, err := lab.Load(os.DirFS(dir), lab.LoadOptions{DefaultName: name})
+	for _, d := range l.Diagnostics {
+		fmt.Fprintln(stderr, d.String())
+	}
+	if err != nil {
+		errs, warns := l.Diagnostics.Count()
+		fmt.Fprintf(stderr, "%s: %d error(s), %d warning(s)\n", dir, errs, warns)
+		return nil, exitError{1}
+	}
+	return l, nil
+}
+
+func runValidate(args []string, stdout, stderr io.Writer) error {
+	var c common
+	fs := newFlagSet("validate", "Check a lab repository: every error with file:line. Exit 0 when valid (warnings allowed), 1 when not.")
+	c.register(fs, false)
+	dir, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	l, err := loadLab(dir, &c, stderr)
+	if err != nil {
+		return err
+	}
+	_, warns := l.Diagnostics.Count()
+	agents, services := 0, 0
+	for _, s := range l.SUTs {
+		if s.Enabled() {
+			agents++
+		}
+	}
+	if l.Stack != nil {
+		services = len(l.Stack.Services)
+	}
+	fmt.Fprintf(stdout, "%s: lab %q is valid: %d agent(s), %d service(s), %d warning(s)\n", dir, l.Name, agents, services, warns)
+	return nil
+}
+
+func newLogger(level string, w io.Writer) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, usageError{fmt.Sprintf("--log-level %q: use debug, info, warn or error", level)}
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: lv})), nil
+}
+
+// prepare loads and compiles the lab, connects to Docker and observes.
+func prepare(ctx context.Context, dir string, c *common, stderr io.Writer) (*lab.Desired, *runtime.Client, *runtime.Observed, error) {
+	l, err := loadLab(dir, c, stderr)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	log, err := newLogger(c.logLevel, stderr)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	desired := lab.Compile(l, lab.CompileOptions{})
+	rt, err := runtime.New(runtime.Options{Host: c.dockerHost, Logger: log, Secrets: runtime.DirSecrets{Dir: c.secretsDir}})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	octx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	observed, err := rt.Observe(octx, desired.Lab)
+	if err != nil {
+		rt.Close()
+		return nil, nil, nil, fmt.Errorf("observe the Docker host: %w", err)
+	}
+	return desired, rt, observed, nil
+}
+
+func runPlan(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var c common
+	var asJSON, forcePrune bool
+	fs := newFlagSet("plan", "Show what apply would do on this Docker host, with a reason for every action. Changes nothing.")
+	c.register(fs, true)
+	fs.BoolVar(&asJSON, "json", false, "print the plan as JSON")
+	fs.BoolVar(&forcePrune, "force-prune", false, "plan removals even when the mass-removal guard trips")
+	dir, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	desired, rt, observed, err := prepare(ctx, dir, &c, stderr)
+	if err != nil {
+		return err
+	}
+	defer rt.Close()
+	p := reconciler.Plan(desired, observed, reconciler.PlanOptions{ForcePrune: forcePrune})
+	if asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(p)
+	}
+	return p.WriteTable(stdout)
+}
+
+func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var c common
+	var forcePrune bool
+	var parallelism int
+	var stopTimeout time.Duration
+	fs := newFlagSet("apply", "Converge this Docker host to the lab: plan, apply, and report per object. Exit 1 when any action failed.")
+	c.register(fs, true)
+	fs.BoolVar(&forcePrune, "force-prune", false, "remove orphans even when the mass-removal guard trips")
+	fs.IntVar(&parallelism, "parallelism", 0, "agents changed at once (default: agents.update.parallelism, 4)")
+	fs.DurationVar(&stopTimeout, "stop-timeout", reconciler.DefaultStopTimeout, "time a container gets to stop before it is killed")
+	dir, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	desired, rt, observed, err := prepare(ctx, dir, &c, stderr)
+	if err != nil {
+		return err
+	}
+	defer rt.Close()
+	p := reconciler.Plan(desired, observed, reconciler.PlanOptions{ForcePrune: forcePrune})
+	if err := p.WriteTable(stdout); err != nil {
+		return err
+	}
+	if p.Empty() {
+		return nil
+	}
+	fmt.Fprintf(stdout, "\nApplying %d action(s)...\n", len(p.Actions))
+	pr := &progress{w: stdout, total: len(p.Actions)}
+	report := reconciler.Apply(ctx, rt, p, reconciler.ApplyOptions{
+		Parallelism: parallelism,
+		StopTimeout: stopTimeout,
+		OnStep:      pr.step,
+		OnResult:    pr.result,
+	})
+	writeReport(stdout, report)
+	if n := report.Failed(); n > 0 {
+		fmt.Fprintf(stderr, "labsync: %d of %d action(s) did not succeed\n", n, len(report.Results))
+		return exitError{1}
+	}
+	return nil
+}
+
+func writeReport(w io.Writer, r *reconciler.Report) {
+	counts := map[reconciler.Status]int{}
+	for _, res := range r.Results {
+		counts[res.Status]++
+	}
+	var parts []string
+	for _, s := range []reconciler.Status{reconciler.StatusOK, reconciler.StatusFailed, reconciler.StatusRolledBack, reconciler.StatusSkipped, reconciler.StatusInterrupted} {
+		if counts[s] > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", counts[s], s))
+		}
+	}
+	fmt.Fprintf(w, "\nApply finished in %s: %s.\n", r.Duration.Round(time.Millisecond), strings.Join(parts, ", "))
+}

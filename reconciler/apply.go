@@ -1,0 +1,431 @@
+package reconciler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/labsync/labsync/lab"
+	"github.com/labsync/labsync/runtime"
+)
+
+// Engine is what Apply needs of a container engine; runtime.Client is the
+// real one.
+type Engine interface {
+	CreateNetwork(ctx context.Context, labName string, n lab.NetworkSpec) error
+	RemoveNetwork(ctx context.Context, id string) error
+	CreateVolume(ctx context.Context, labName string, v lab.VolumeSpec) error
+	BuildImage(ctx context.Context, labName string, img lab.ImageSpec) error
+	CreateContainer(ctx context.Context, spec *lab.ContainerSpec, opts runtime.CreateOptions) (string, error)
+	StartContainer(ctx context.Context, id string) error
+	StopContainer(ctx context.Context, id string, timeout time.Duration) error
+	RenameContainer(ctx context.Context, id, name string) error
+	RemoveContainer(ctx context.Context, id string) error
+	WaitRunning(ctx context.Context, id string, o runtime.WaitOptions) error
+}
+
+var _ Engine = (*runtime.Client)(nil)
+
+// Status is the outcome of one action.
+type Status string
+
+// Outcomes.
+const (
+	StatusOK          Status = "ok"
+	StatusFailed      Status = "failed"
+	StatusRolledBack  Status = "rolled-back"
+	StatusSkipped     Status = "skipped"
+	StatusInterrupted Status = "interrupted"
+)
+
+// Result is what became of one action.
+type Result struct {
+	Action   Action        `json:"action"`
+	Status   Status        `json:"status"`
+	Error    string        `json:"error,omitempty"`
+	Duration time.Duration `json:"duration_ns"`
+}
+
+// Report is the outcome of an apply.
+type Report struct {
+	Lab      string        `json:"lab"`
+	Revision string        `json:"revision"`
+	Results  []Result      `json:"results"`
+	Duration time.Duration `json:"duration_ns"`
+}
+
+// Failed returns the number of actions that did not succeed.
+func (r *Report) Failed() int {
+	n := 0
+	for _, res := range r.Results {
+		if res.Status != StatusOK {
+			n++
+		}
+	}
+	return n
+}
+
+// Step names a point inside an action, reported to ApplyOptions.OnStep.
+type Step string
+
+// Steps of container actions.
+const (
+	StepStopped   Step = "stopped"
+	StepSetAside  Step = "set-aside"
+	StepCreated   Step = "created"
+	StepStarted   Step = "started"
+	StepUp        Step = "up"
+	StepRemoved   Step = "removed"
+	StepRollback  Step = "rolled-back"
+	StepBuilt     Step = "built"
+	StepRestored  Step = "restored"
+	StepLeftovers Step = "leftovers-removed"
+)
+
+// ApplyOptions tune Apply.
+type ApplyOptions struct {
+	// Parallelism caps concurrent agent actions; 0 uses the lab's setting.
+	Parallelism int
+	// StopTimeout is how long a container gets to stop before it is killed.
+	StopTimeout time.Duration
+	Logger      *slog.Logger
+	// OnStep, when set, is called after each step of each action, from
+	// the goroutine doing it: for progress output.
+	OnStep func(a *Action, step Step)
+	// OnResult, when set, is called as each action ends.
+	OnResult func(r Result)
+}
+
+// DefaultStopTimeout is Docker's own default grace period.
+const DefaultStopTimeout = 10 * time.Second
+
+// Apply carries out a plan: networks, volumes, images, then services in
+// dependency order, then agents in parallel, then removals. One action's
+// failure never stops the others. A failed recreate restores the old
+// container. If ctx ends mid-action the action is reported interrupted and
+// the host is left in a state the next plan repairs.
+func Apply(ctx context.Context, eng Engine, p *Changeset, opts ApplyOptions) *Report {
+	start := time.Now()
+	a := &applier{eng: eng, plan: p, opts: opts, failedImages: map[string]string{}, serviceDone: map[string]Status{}}
+	if a.opts.Logger == nil {
+		a.opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if a.opts.StopTimeout == 0 {
+		a.opts.StopTimeout = DefaultStopTimeout
+	}
+	if a.opts.Parallelism <= 0 {
+		a.opts.Parallelism = max(p.desired.Update.Parallelism, 1)
+	}
+	var agents []int
+	for i := range p.Actions {
+		act := &p.Actions[i]
+		if phase(*act) == 4 {
+			agents = append(agents, i)
+			continue
+		}
+		if len(agents) > 0 {
+			a.runParallel(ctx, agents)
+			agents = nil
+		}
+		a.run(ctx, act)
+	}
+	if len(agents) > 0 {
+		a.runParallel(ctx, agents)
+	}
+	return &Report{Lab: p.Lab, Revision: p.Revision, Results: a.results, Duration: time.Since(start)}
+}
+
+type applier struct {
+	eng  Engine
+	plan *Changeset
+	opts ApplyOptions
+
+	mu           sync.Mutex
+	results      []Result
+	failedImages map[string]string
+	serviceDone  map[string]Status
+}
+
+func (a *applier) runParallel(ctx context.Context, idx []int) {
+	sem := make(chan struct{}, a.opts.Parallelism)
+	var wg sync.WaitGroup
+	for _, i := range idx {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(act *Action) {
+			defer wg.Done()
+			defer func() { <-sem }()
+			a.run(ctx, act)
+		}(&a.plan.Actions[i])
+	}
+	wg.Wait()
+}
+
+func (a *applier) step(act *Action, s Step) {
+	if a.opts.OnStep != nil {
+		a.opts.OnStep(act, s)
+	}
+}
+
+func (a *applier) run(ctx context.Context, act *Action) {
+	start := time.Now()
+	log := a.opts.Logger.With("action", string(act.Kind), "object", act.Object, "target", act.Target)
+	res := Result{Action: *act, Status: StatusOK}
+	var err error
+	if skip := a.skipReason(act); skip != "" {
+		res.Status, res.Error = StatusSkipped, skip
+	} else if ctx.Err() != nil {
+		res.Status, res.Error = StatusInterrupted, "apply was cancelled before this action started"
+	} else {
+		res.Status, err = a.do(ctx, act)
+		if err != nil {
+			res.Error = err.Error()
+		}
+	}
+	res.Duration = time.Since(start)
+	switch res.Status {
+	case StatusOK:
+		log.Info("action done", "duration", res.Duration.Round(time.Millisecond))
+	default:
+		log.Warn("action not done", "status", string(res.Status), "err", res.Error)
+	}
+	a.mu.Lock()
+	a.results = append(a.results, res)
+	if act.Kind == BuildImage && res.Status != StatusOK {
+		a.failedImages[act.Target] = res.Error
+	}
+	if act.ObjectKind == string(lab.KindService) && act.Spec != nil {
+		a.serviceDone[act.Object] = res.Status
+	}
+	a.mu.Unlock()
+	if a.opts.OnResult != nil {
+		a.opts.OnResult(res)
+	}
+}
+
+// skipReason says why an action cannot run because another failed.
+func (a *applier) skipReason(act *Action) string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if act.Spec == nil {
+		return ""
+	}
+	if msg, failed := a.failedImages[act.Spec.BuildTag]; failed && act.Spec.BuildTag != "" {
+		return fmt.Sprintf("image %s was not built: %s", act.Spec.BuildTag, msg)
+	}
+	for _, d := range act.Spec.DependsOn {
+		if st, ok := a.serviceDone[d.Name]; ok && st != StatusOK {
+			return fmt.Sprintf("depends on %s, which was not brought up (%s)", d.Name, st)
+		}
+	}
+	return ""
+}
+
+func (a *applier) do(ctx context.Context, act *Action) (Status, error) {
+	switch act.Kind {
+	case CreateNetwork:
+		return done(a.eng.CreateNetwork(ctx, a.plan.Lab, *act.Network))
+	case CreateVolume:
+		return done(a.eng.CreateVolume(ctx, a.plan.Lab, *act.Volume))
+	case BuildImage:
+		err := a.eng.BuildImage(ctx, a.plan.Lab, *act.Image)
+		if err == nil {
+			a.step(act, StepBuilt)
+		}
+		return done(err)
+	case RemoveNetwork:
+		return done(a.eng.RemoveNetwork(ctx, act.NetworkID))
+	case Remove:
+		return a.remove(ctx, act)
+	case Create:
+		return a.create(ctx, act)
+	case Start:
+		return a.start(ctx, act)
+	case Recreate:
+		return a.recreate(ctx, act)
+	case Restore:
+		return a.restore(ctx, act)
+	}
+	return StatusFailed, fmt.Errorf("unknown action %q", act.Kind)
+}
+
+func done(err error) (Status, error) {
+	if err != nil {
+		return StatusFailed, err
+	}
+	return StatusOK, nil
+}
+
+func (a *applier) waitOptions(spec *lab.ContainerSpec) runtime.WaitOptions {
+	u := a.plan.desired.Update
+	return runtime.WaitOptions{
+		Healthy:   spec.Healthcheck != nil && len(spec.Healthcheck.Test) > 0 && spec.Healthcheck.Test[0] != "NONE",
+		MinUptime: u.MinUptime,
+		Timeout:   u.StartTimeout,
+	}
+}
+
+func (a *applier) createOpts() runtime.CreateOptions {
+	return runtime.CreateOptions{Lab: a.plan.Lab, Revision: a.plan.Revision}
+}
+
+func (a *applier) removeLeftovers(ctx context.Context, act *Action) error {
+	for _, c := range act.Leftovers {
+		if err := a.eng.RemoveContainer(ctx, c.ID); err != nil {
+			return fmt.Errorf("remove leftover %s: %w", c.Name, err)
+		}
+	}
+	if len(act.Leftovers) > 0 {
+		a.step(act, StepLeftovers)
+	}
+	return nil
+}
+
+func (a *applier) remove(ctx context.Context, act *Action) (Status, error) {
+	if act.Old == nil { // leftovers only
+		return done(a.removeLeftovers(ctx, act))
+	}
+	if err := a.eng.StopContainer(ctx, act.Old.ID, a.opts.StopTimeout); err != nil {
+		return a.failed(ctx, err)
+	}
+	a.step(act, StepStopped)
+	if err := a.eng.RemoveContainer(ctx, act.Old.ID); err != nil {
+		return a.failed(ctx, err)
+	}
+	a.step(act, StepRemoved)
+	return StatusOK, nil
+}
+
+// failed classifies an error: interrupted when the apply was cancelled.
+func (a *applier) failed(ctx context.Context, err error) (Status, error) {
+	if ctx.Err() != nil {
+		return StatusInterrupted, fmt.Errorf("interrupted: %w", err)
+	}
+	return StatusFailed, err
+}
+
+// bringUp creates, starts and watches a new container. On failure the new
+// container is removed.
+func (a *applier) bringUp(ctx context.Context, act *Action) (string, error) {
+	id, err := a.eng.CreateContainer(ctx, act.Spec, a.createOpts())
+	if err != nil {
+		return "", err
+	}
+	a.step(act, StepCreated)
+	err = a.eng.StartContainer(ctx, id)
+	if err == nil {
+		a.step(act, StepStarted)
+		err = a.eng.WaitRunning(ctx, id, a.waitOptions(act.Spec))
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			if rmErr := a.eng.RemoveContainer(context.WithoutCancel(ctx), id); rmErr != nil {
+				err = errors.Join(err, fmt.Errorf("remove failed container: %w", rmErr))
+			}
+		}
+		return "", err
+	}
+	a.step(act, StepUp)
+	return id, nil
+}
+
+func (a *applier) create(ctx context.Context, act *Action) (Status, error) {
+	if _, err := a.bringUp(ctx, act); err != nil {
+		return a.failed(ctx, err)
+	}
+	return StatusOK, nil
+}
+
+func (a *applier) start(ctx context.Context, act *Action) (Status, error) {
+	if err := a.removeLeftovers(ctx, act); err != nil {
+		return a.failed(ctx, err)
+	}
+	if err := a.eng.StartContainer(ctx, act.Old.ID); err != nil {
+		return a.failed(ctx, err)
+	}
+	a.step(act, StepStarted)
+	if err := a.eng.WaitRunning(ctx, act.Old.ID, a.waitOptions(act.Spec)); err != nil {
+		return a.failed(ctx, err)
+	}
+	a.step(act, StepUp)
+	return StatusOK, nil
+}
+
+func (a *applier) restore(ctx context.Context, act *Action) (Status, error) {
+	if err := a.removeLeftovers(ctx, act); err != nil {
+		return a.failed(ctx, err)
+	}
+	if err := a.eng.RenameContainer(ctx, act.Old.ID, act.Spec.ContainerName); err != nil {
+		return a.failed(ctx, err)
+	}
+	a.step(act, StepRestored)
+	if err := a.eng.StartContainer(ctx, act.Old.ID); err != nil {
+		return a.failed(ctx, err)
+	}
+	if err := a.eng.WaitRunning(ctx, act.Old.ID, a.waitOptions(act.Spec)); err != nil {
+		return a.failed(ctx, err)
+	}
+	a.step(act, StepUp)
+	return StatusOK, nil
+}
+
+// recreate replaces a container stop-first: two agents must never drive one
+// device. The old container is stopped and set aside under a new name, the
+// new one created and watched; if it fails, it is removed and the old one
+// renamed back and started.
+func (a *applier) recreate(ctx context.Context, act *Action) (Status, error) {
+	old := act.Old
+	aside := act.Spec.ContainerName + runtime.AsideSuffix
+	if err := a.removeLeftovers(ctx, act); err != nil {
+		return a.failed(ctx, err)
+	}
+	if !old.Aside {
+		if err := a.eng.StopContainer(ctx, old.ID, a.opts.StopTimeout); err != nil {
+			return a.failed(ctx, err)
+		}
+		a.step(act, StepStopped)
+		if err := a.eng.RenameContainer(ctx, old.ID, aside); err != nil {
+			status, err := a.failed(ctx, err)
+			if status == StatusFailed {
+				if startErr := a.eng.StartContainer(ctx, old.ID); startErr != nil {
+					err = errors.Join(err, fmt.Errorf("restart old container: %w", startErr))
+				}
+			}
+			return status, err
+		}
+		a.step(act, StepSetAside)
+	}
+	if ctx.Err() != nil {
+		return StatusInterrupted, fmt.Errorf("interrupted after the old container was set aside as %s; the next apply finishes the recreate", aside)
+	}
+	_, upErr := a.bringUp(ctx, act)
+	if upErr == nil {
+		if err := a.eng.RemoveContainer(ctx, old.ID); err != nil {
+			// The new container runs; the old one is a leftover the next
+			// plan removes.
+			a.opts.Logger.Warn("old container not removed", "container", aside, "err", err)
+		}
+		a.step(act, StepRemoved)
+		return StatusOK, nil
+	}
+	if ctx.Err() != nil {
+		return StatusInterrupted, fmt.Errorf("interrupted: %w; the old container is set aside as %s and the next apply repairs it", upErr, aside)
+	}
+	// Roll back: the old container gets its name back and runs again.
+	origName := old.Name
+	if old.Aside {
+		origName = act.Spec.ContainerName
+	}
+	rbErr := a.eng.RenameContainer(ctx, old.ID, origName)
+	if rbErr == nil {
+		rbErr = a.eng.StartContainer(ctx, old.ID)
+	}
+	if rbErr != nil {
+		return StatusFailed, fmt.Errorf("new container failed: %w; rollback failed too: %v", upErr, rbErr)
+	}
+	a.step(act, StepRollback)
+	return StatusRolledBack, fmt.Errorf("new container failed, old one restored: %w", upErr)
+}

@@ -1,0 +1,120 @@
+package reconciler
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/labsync/labsync/lab"
+	"github.com/labsync/labsync/runtime"
+)
+
+// explain says why an observed container differs from its spec, or returns
+// nil when it does not.
+func explain(obs *runtime.ObservedContainer, spec *lab.ContainerSpec, images map[string]string) []string {
+	var reasons []string
+	if obs.Hash != spec.Hash {
+		reasons = diffFields(obs.Fields, spec.Fields, obs, spec)
+		if len(reasons) == 0 {
+			reasons = []string{"spec changed"}
+		}
+	} else if spec.BuildTag == "" {
+		// A named image may have been replaced under the same tag.
+		if id, ok := images[spec.Image]; ok && obs.ImageID != "" && id != obs.ImageID {
+			reasons = append(reasons, fmt.Sprintf("image %s updated (%s -> %s)", spec.Image, shortID(obs.ImageID), shortID(id)))
+		}
+	}
+	return reasons
+}
+
+func shortID(id string) string {
+	id = strings.TrimPrefix(id, "sha256:")
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+// diffFields turns differing field digests into readable reasons:
+// "sut/foo.conf changed (job_queues)", "image changed (a -> b)".
+func diffFields(old, cur map[string]string, obs *runtime.ObservedContainer, spec *lab.ContainerSpec) []string {
+	if len(old) == 0 {
+		return []string{"spec changed (the container was made by an older labsync)"}
+	}
+	fileKeys := map[string][]string{}
+	fileState := map[string]string{}
+	var fields []string
+	seen := map[string]bool{}
+	for _, k := range append(lab.FieldNames(old), lab.FieldNames(cur)...) {
+		if seen[k] {
+			continue
+		}
+		seen[k] = true
+		ov, inOld := old[k]
+		nv, inNew := cur[k]
+		if inOld && inNew && ov == nv {
+			continue
+		}
+		name, isFile := strings.CutPrefix(k, "file:")
+		if !isFile {
+			fields = append(fields, k)
+			continue
+		}
+		src, key, hasKey := strings.Cut(name, "#")
+		switch {
+		case hasKey:
+			fileKeys[src] = append(fileKeys[src], key)
+		case !inOld:
+			fileState[src] = "added"
+		case !inNew:
+			fileState[src] = "removed"
+		default:
+			if fileState[src] == "" {
+				fileState[src] = "changed"
+			}
+		}
+	}
+	var reasons []string
+	files := map[string]bool{}
+	for f := range fileKeys {
+		files[f] = true
+	}
+	for f := range fileState {
+		files[f] = true
+	}
+	for _, f := range sortedSet(files) {
+		state := fileState[f]
+		if state == "" {
+			state = "changed"
+		}
+		keys := fileKeys[f]
+		sort.Strings(keys)
+		if len(keys) > 0 && state == "changed" {
+			reasons = append(reasons, fmt.Sprintf("%s changed (%s)", f, strings.Join(keys, ", ")))
+		} else {
+			reasons = append(reasons, fmt.Sprintf("%s %s", f, state))
+		}
+	}
+	sort.Strings(fields)
+	var other []string
+	for _, f := range fields {
+		if f == "image" {
+			reasons = append(reasons, fmt.Sprintf("image changed (%s -> %s)", obs.Image, spec.Image))
+			continue
+		}
+		other = append(other, f)
+	}
+	if len(other) > 0 {
+		reasons = append(reasons, fmt.Sprintf("%s changed", strings.Join(other, ", ")))
+	}
+	return reasons
+}
+
+func sortedSet(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}

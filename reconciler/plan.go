@@ -1,0 +1,399 @@
+// Package reconciler compares the desired state of a lab with what runs on
+// its Docker host, plans the actions that close the gap (each with a reason)
+// and applies them in order, with bounded parallelism, rollback of failed
+// recreates and a guard against mass removal.
+package reconciler
+
+import (
+	"fmt"
+	"math"
+	"sort"
+
+	"github.com/labsync/labsync/lab"
+	"github.com/labsync/labsync/runtime"
+)
+
+// ActionKind names what an action does.
+type ActionKind string
+
+// Actions, in the order they are applied.
+const (
+	CreateNetwork ActionKind = "create-network"
+	CreateVolume  ActionKind = "create-volume"
+	BuildImage    ActionKind = "build-image"
+	Create        ActionKind = "create"
+	Recreate      ActionKind = "recreate"
+	Restore       ActionKind = "restore"
+	Start         ActionKind = "start"
+	Remove        ActionKind = "remove"
+	RemoveNetwork ActionKind = "remove-network"
+)
+
+// Object kinds besides lab.KindAgent and lab.KindService.
+const (
+	KindNetwork = "network"
+	KindVolume  = "volume"
+	KindImage   = "image"
+)
+
+// Action is one step of a plan, with the reasons for it.
+type Action struct {
+	Kind       ActionKind `json:"action"`
+	ObjectKind string     `json:"kind"`
+	Object     string     `json:"object"`
+	// Target is the Docker name of what is acted on: container, network,
+	// volume or image tag.
+	Target  string   `json:"target"`
+	Reasons []string `json:"reasons"`
+
+	Spec    *lab.ContainerSpec `json:"-"`
+	Network *lab.NetworkSpec   `json:"-"`
+	Volume  *lab.VolumeSpec    `json:"-"`
+	Image   *lab.ImageSpec     `json:"-"`
+	// Old is the container replaced, started, restored or removed.
+	Old *runtime.ObservedContainer `json:"-"`
+	// Leftovers are containers of the same object to remove first: copies
+	// set aside by an interrupted recreate, or duplicates.
+	Leftovers []runtime.ObservedContainer `json:"-"`
+	// NetworkID is the network removed by RemoveNetwork.
+	NetworkID string `json:"-"`
+}
+
+// Changeset is the ordered list of actions that converges a host, and what was
+// found not to need any.
+type Changeset struct {
+	Lab       string   `json:"lab"`
+	Revision  string   `json:"revision"`
+	Actions   []Action `json:"actions"`
+	Unchanged []string `json:"unchanged"`
+	// Warnings are things a human should know that no action fixes.
+	Warnings []string `json:"warnings,omitempty"`
+	// PruneBlocked is set when the mass-removal guard kept orphans.
+	PruneBlocked bool `json:"prune_blocked,omitempty"`
+
+	desired *lab.Desired
+}
+
+// Empty reports whether the plan has no actions.
+func (p *Changeset) Empty() bool { return len(p.Actions) == 0 }
+
+// Counts returns the number of actions of each kind.
+func (p *Changeset) Counts() map[ActionKind]int {
+	m := map[ActionKind]int{}
+	for _, a := range p.Actions {
+		m[a.Kind]++
+	}
+	return m
+}
+
+// PlanOptions tune Plan.
+type PlanOptions struct {
+	// ForcePrune removes orphans even when the mass-removal guard trips.
+	ForcePrune bool
+}
+
+type objKey struct {
+	kind lab.Kind
+	name string
+}
+
+// Plan compares desired with observed and returns the actions that make the
+// host match, each with its reasons. It is pure and deterministic.
+func Plan(desired *lab.Desired, observed *runtime.Observed, opts PlanOptions) *Changeset {
+	p := &Changeset{Lab: desired.Lab, Revision: desired.Revision, Actions: []Action{}, Unchanged: []string{}, desired: desired}
+	byObject := map[objKey][]runtime.ObservedContainer{}
+	for _, c := range observed.Containers {
+		k := objKey{c.Kind, c.Object}
+		byObject[k] = append(byObject[k], c)
+	}
+
+	obsNets := map[string]runtime.ObservedNetwork{}
+	for _, n := range observed.Networks {
+		obsNets[n.Name] = n
+	}
+	for i := range desired.Networks {
+		n := &desired.Networks[i]
+		o, ok := obsNets[n.Name]
+		switch {
+		case !ok:
+			p.add(Action{Kind: CreateNetwork, ObjectKind: KindNetwork, Object: n.Key, Target: n.Name, Network: n, Reasons: []string{"declared, not on this host"}})
+		case o.Hash != n.Hash:
+			p.Warnings = append(p.Warnings, fmt.Sprintf("network %s differs from its declaration; labsync does not recreate networks that containers use: remove it (docker network rm %s) after stopping its containers, and the next apply recreates it", n.Name, n.Name))
+		default:
+			p.Unchanged = append(p.Unchanged, "network/"+n.Name)
+		}
+	}
+	obsVols := map[string]bool{}
+	for _, v := range observed.Volumes {
+		obsVols[v.Name] = true
+	}
+	for i := range desired.Volumes {
+		v := &desired.Volumes[i]
+		if obsVols[v.Name] {
+			p.Unchanged = append(p.Unchanged, "volume/"+v.Name)
+			continue
+		}
+		p.add(Action{Kind: CreateVolume, ObjectKind: KindVolume, Object: v.Key, Target: v.Name, Volume: v, Reasons: []string{"declared, not on this host"}})
+	}
+	for i := range desired.Images {
+		img := &desired.Images[i]
+		if _, ok := observed.Images[img.Tag]; ok {
+			continue
+		}
+		p.add(Action{Kind: BuildImage, ObjectKind: KindImage, Object: img.Context.Dir, Target: img.Tag, Image: img,
+			Reasons: []string{fmt.Sprintf("context %s has no image yet (digest %s)", img.Context.Dir, img.Context.Digest[:12])}})
+	}
+
+	declared := map[objKey]bool{}
+	for i := range desired.Containers {
+		spec := &desired.Containers[i]
+		k := objKey{spec.Kind, spec.Name}
+		declared[k] = true
+		p.planContainer(spec, byObject[k], observed.Images)
+	}
+
+	p.planPrune(desired, observed, byObject, declared, opts)
+	sortActions(p.Actions, desired)
+	sort.Strings(p.Unchanged)
+	return p
+}
+
+func (p *Changeset) add(a Action) { p.Actions = append(p.Actions, a) }
+
+func (p *Changeset) planContainer(spec *lab.ContainerSpec, found []runtime.ObservedContainer, images map[string]string) {
+	var primary, aside *runtime.ObservedContainer
+	var others []runtime.ObservedContainer
+	for i := range found {
+		c := &found[i]
+		switch {
+		case c.Name == spec.ContainerName && primary == nil:
+			primary = c
+		case c.Name == spec.ContainerName+runtime.AsideSuffix && aside == nil:
+			aside = c
+		default:
+			others = append(others, *c)
+		}
+	}
+	base := Action{ObjectKind: string(spec.Kind), Object: spec.Name, Target: spec.ContainerName, Spec: spec}
+	switch {
+	case primary != nil:
+		var leftovers []runtime.ObservedContainer
+		if aside != nil {
+			leftovers = append(leftovers, *aside)
+		}
+		leftovers = append(leftovers, others...)
+		reasons := explain(primary, spec, images)
+		a := base
+		a.Old = primary
+		a.Leftovers = leftovers
+		switch {
+		case len(reasons) > 0:
+			a.Kind, a.Reasons = Recreate, reasons
+		case primary.State != "running":
+			a.Kind, a.Reasons = Start, []string{fmt.Sprintf("stopped (%s)", primary.Status)}
+		case len(leftovers) > 0:
+			a.Kind, a.Reasons = Remove, leftoverReasons(leftovers)
+			a.Target, a.Old, a.Spec = leftovers[0].Name, nil, nil
+		default:
+			if primary.Health == "unhealthy" {
+				p.Warnings = append(p.Warnings, fmt.Sprintf("%s %s is unhealthy (%s)", spec.Kind, spec.Name, primary.Status))
+			}
+			p.Unchanged = append(p.Unchanged, string(spec.Kind)+"/"+spec.Name)
+			return
+		}
+		p.add(a)
+	case aside != nil:
+		a := base
+		a.Old = aside
+		a.Leftovers = others
+		if reasons := explain(aside, spec, images); len(reasons) > 0 {
+			a.Kind = Recreate
+			a.Reasons = append([]string{"finish a recreate that was interrupted"}, reasons...)
+		} else {
+			a.Kind = Restore
+			a.Reasons = []string{"restore the container set aside by an interrupted recreate"}
+		}
+		p.add(a)
+	case len(others) > 0:
+		a := base
+		a.Kind = Recreate
+		a.Old = &others[0]
+		a.Leftovers = others[1:]
+		a.Reasons = append([]string{fmt.Sprintf("container name changes from %s to %s", others[0].Name, spec.ContainerName)}, explain(&others[0], spec, images)...)
+		p.add(a)
+	default:
+		a := base
+		a.Kind = Create
+		a.Reasons = []string{"declared in " + sourceList(spec) + ", no container yet"}
+		p.add(a)
+	}
+}
+
+func leftoverReasons(l []runtime.ObservedContainer) []string {
+	var out []string
+	for _, c := range l {
+		if c.Aside {
+			out = append(out, fmt.Sprintf("%s is left over from an interrupted recreate", c.Name))
+		} else {
+			out = append(out, fmt.Sprintf("%s is a duplicate of this object", c.Name))
+		}
+	}
+	return out
+}
+
+func sourceList(spec *lab.ContainerSpec) string {
+	if len(spec.Sources) == 0 {
+		return "the lab"
+	}
+	return spec.Sources[0]
+}
+
+func (p *Changeset) planPrune(desired *lab.Desired, observed *runtime.Observed, byObject map[objKey][]runtime.ObservedContainer, declared map[objKey]bool, opts PlanOptions) {
+	var orphans []Action
+	observedAgents, orphanAgents := 0, 0
+	keys := make([]objKey, 0, len(byObject))
+	for k := range byObject {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		if keys[i].kind != keys[j].kind {
+			return keys[i].kind < keys[j].kind
+		}
+		return keys[i].name < keys[j].name
+	})
+	for _, k := range keys {
+		if k.kind == lab.KindAgent {
+			observedAgents++
+		}
+		if declared[k] {
+			continue
+		}
+		if k.kind == lab.KindAgent {
+			orphanAgents++
+		}
+		for i := range byObject[k] {
+			c := byObject[k][i]
+			orphans = append(orphans, Action{Kind: Remove, ObjectKind: string(k.kind), Object: k.name, Target: c.Name, Old: &c,
+				Reasons: []string{fmt.Sprintf("%s %s is no longer declared at this revision", k.kind, k.name)}})
+		}
+	}
+	netUsers := map[string]bool{}
+	for _, c := range desired.Containers {
+		for _, n := range c.Networks {
+			netUsers[n.Network] = true
+		}
+	}
+	declaredNets := map[string]bool{}
+	for _, n := range desired.Networks {
+		declaredNets[n.Name] = true
+	}
+	for _, n := range observed.Networks {
+		if !declaredNets[n.Name] && !netUsers[n.Name] {
+			orphans = append(orphans, Action{Kind: RemoveNetwork, ObjectKind: KindNetwork, Object: n.Object, Target: n.Name, NetworkID: n.ID,
+				Reasons: []string{"network is no longer declared at this revision"}})
+		}
+	}
+	declaredVols := map[string]bool{}
+	for _, v := range desired.Volumes {
+		declaredVols[v.Name] = true
+	}
+	for _, v := range observed.Volumes {
+		if !declaredVols[v.Name] {
+			p.Warnings = append(p.Warnings, fmt.Sprintf("volume %s is no longer declared; labsync never deletes volumes, remove it by hand (docker volume rm %s) if its data is not needed", v.Name, v.Name))
+		}
+	}
+	if len(orphans) == 0 {
+		return
+	}
+	if !desired.Prune.Enabled {
+		p.Warnings = append(p.Warnings, fmt.Sprintf("prune is disabled in lab.yaml: %d object(s) no longer declared are kept", len(orphans)))
+		return
+	}
+	allowed := int(math.Floor(desired.Prune.MaxFraction * float64(observedAgents)))
+	allowed = max(allowed, 1)
+	emptied := len(desired.Containers) == 0 && len(observed.Containers) > 0
+	if !opts.ForcePrune && (emptied || orphanAgents > allowed) {
+		p.PruneBlocked = true
+		why := fmt.Sprintf("this revision would remove %d of %d agents, more than prune.max_fraction (%g) allows", orphanAgents, observedAgents, desired.Prune.MaxFraction)
+		if emptied {
+			why = "this revision declares no containers at all and would empty the lab"
+		}
+		p.Warnings = append(p.Warnings, fmt.Sprintf("prune guard: %s, so nothing is removed. If that is intended, apply with --force-prune or raise prune.max_fraction in lab.yaml", why))
+		return
+	}
+	p.Actions = append(p.Actions, orphans...)
+}
+
+// phase orders actions: networks, volumes, images, services, agents,
+// removals.
+func phase(a Action) int {
+	switch a.Kind {
+	case CreateNetwork:
+		return 0
+	case CreateVolume:
+		return 1
+	case BuildImage:
+		return 2
+	case RemoveNetwork:
+		return 7
+	}
+	if a.Kind == Remove && a.Spec == nil {
+		return 6
+	}
+	if a.ObjectKind == string(lab.KindService) {
+		return 3
+	}
+	return 4
+}
+
+func sortActions(actions []Action, desired *lab.Desired) {
+	order := serviceOrder(desired)
+	sort.SliceStable(actions, func(i, j int) bool {
+		a, b := actions[i], actions[j]
+		if pa, pb := phase(a), phase(b); pa != pb {
+			return pa < pb
+		}
+		if a.ObjectKind == string(lab.KindService) && b.ObjectKind == string(lab.KindService) && phase(a) == 3 {
+			if oa, ob := order[a.Object], order[b.Object]; oa != ob {
+				return oa < ob
+			}
+		}
+		if a.Object != b.Object {
+			return a.Object < b.Object
+		}
+		return a.Target < b.Target
+	})
+}
+
+// serviceOrder ranks services so that each comes after what it depends on.
+func serviceOrder(d *lab.Desired) map[string]int {
+	deps := map[string][]string{}
+	for _, c := range d.Containers {
+		if c.Kind == lab.KindService {
+			for _, dep := range c.DependsOn {
+				deps[c.Name] = append(deps[c.Name], dep.Name)
+			}
+		}
+	}
+	depth := map[string]int{}
+	var visit func(n string, seen map[string]bool) int
+	visit = func(n string, seen map[string]bool) int {
+		if v, ok := depth[n]; ok {
+			return v
+		}
+		if seen[n] {
+			return 0 // cycles are rejected by validation
+		}
+		seen[n] = true
+		d := 0
+		for _, x := range deps[n] {
+			d = max(d, visit(x, seen)+1)
+		}
+		depth[n] = d
+		return d
+	}
+	for _, c := range d.Containers {
+		visit(c.Name, map[string]bool{})
+	}
+	return depth
+}

@@ -1,0 +1,49 @@
+package reconciler
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+)
+
+// WriteTable writes the plan as a table a person reads in a terminal or a
+// pull-request comment's code block.
+func (p *Changeset) WriteTable(w io.Writer) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "Lab %s at revision %s\n\n", p.Lab, p.Revision)
+	if p.Empty() {
+		b.WriteString("No changes: the host matches the lab.\n")
+	} else {
+		tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "ACTION\tKIND\tOBJECT\tTARGET\tREASON")
+		for _, a := range p.Actions {
+			reasons := a.Reasons
+			if len(reasons) == 0 {
+				reasons = []string{""}
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", a.Kind, a.ObjectKind, a.Object, a.Target, reasons[0])
+			for _, r := range reasons[1:] {
+				fmt.Fprintf(tw, "\t\t\t\t%s\n", r)
+			}
+		}
+		tw.Flush()
+	}
+	if len(p.Warnings) > 0 {
+		b.WriteString("\nWarnings:\n")
+		for _, w := range p.Warnings {
+			fmt.Fprintf(&b, "  - %s\n", w)
+		}
+	}
+	fmt.Fprintf(&b, "\n%s\n", p.Summary())
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// Summary is a one-line count of the plan's actions.
+func (p *Changeset) Summary() string {
+	c := p.Counts()
+	other := len(p.Actions) - c[Create] - c[Recreate] - c[Start] - c[Remove]
+	return fmt.Sprintf("Plan: %d to create, %d to recreate, %d to start, %d to remove, %d other; %d unchanged.",
+		c[Create], c[Recreate], c[Start], c[Remove], other, len(p.Unchanged))
+}

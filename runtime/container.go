@@ -1,0 +1,347 @@
+package runtime
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/mount"
+	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/errdefs"
+	"github.com/docker/docker/pkg/stdcopy"
+	"github.com/docker/go-connections/nat"
+
+	"github.com/labsync/labsync/lab"
+)
+
+// CreateOptions are the lab-wide facts stamped on a new container.
+type CreateOptions struct {
+	Lab      string
+	Revision string
+	// Name overrides the container name (used to create beside an old one).
+	Name string
+}
+
+// ErrNameInUse is returned when a container of the wanted name exists but
+// is not managed by this lab. labsync never touches it.
+var ErrNameInUse = errors.New("container name in use by a container labsync does not manage")
+
+// ManagedLabels returns the labels that mark a container spec as applied.
+func ManagedLabels(spec *lab.ContainerSpec, labName, revision string) map[string]string {
+	labels := map[string]string{}
+	for k, v := range spec.Labels {
+		labels[k] = v
+	}
+	fields, _ := json.Marshal(spec.Fields)
+	labels[LabelManaged] = "true"
+	labels[LabelLab] = labName
+	labels[LabelKind] = string(spec.Kind)
+	labels[LabelObject] = spec.Name
+	labels[LabelHash] = spec.Hash
+	labels[LabelFields] = string(fields)
+	labels[LabelRevision] = revision
+	labels[LabelSchema] = lab.SchemaVersion
+	return labels
+}
+
+// CreateContainer creates (but does not start) the container of spec,
+// connects its networks and copies its files in. On failure nothing is
+// left behind.
+func (c *Client) CreateContainer(ctx context.Context, spec *lab.ContainerSpec, opts CreateOptions) (id string, err error) {
+	cfg, host, netcfg, err := c.containerConfig(spec, opts)
+	if err != nil {
+		return "", err
+	}
+	name := opts.Name
+	if name == "" {
+		name = spec.ContainerName
+	}
+	resp, err := c.api.ContainerCreate(ctx, cfg, host, netcfg, nil, name)
+	if err != nil {
+		if errdefs.IsConflict(err) {
+			return "", fmt.Errorf("create %s: %w; rename or remove that container", name, ErrNameInUse)
+		}
+		if errdefs.IsNotFound(err) {
+			return "", fmt.Errorf("create %s: image %s is not on this host; build or load it (labsync pulls nothing): %w", name, spec.Image, err)
+		}
+		return "", fmt.Errorf("create %s: %w", name, err)
+	}
+	defer func() {
+		if err != nil {
+			// A half-made container must not linger: remove it with a
+			// context that outlives a cancelled apply.
+			rmCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+			defer cancel()
+			_ = c.api.ContainerRemove(rmCtx, resp.ID, container.RemoveOptions{Force: true})
+		}
+	}()
+	for _, n := range spec.Networks[min(1, len(spec.Networks)):] {
+		if err := c.api.NetworkConnect(ctx, n.Network, resp.ID, endpoint(n)); err != nil {
+			return "", fmt.Errorf("connect %s to network %s: %w", name, n.Network, err)
+		}
+	}
+	if len(spec.Files) > 0 {
+		archive, err := filesTar(spec.Files)
+		if err != nil {
+			return "", err
+		}
+		if err := c.api.CopyToContainer(ctx, resp.ID, "/", archive, container.CopyToContainerOptions{}); err != nil {
+			return "", fmt.Errorf("copy files into %s: %w", name, err)
+		}
+	}
+	return resp.ID, nil
+}
+
+func endpoint(n lab.NetworkAttachSpec) *network.EndpointSettings {
+	ep := &network.EndpointSettings{Aliases: n.Aliases}
+	if n.IPv4Address != "" {
+		ep.IPAMConfig = &network.EndpointIPAMConfig{IPv4Address: n.IPv4Address}
+	}
+	return ep
+}
+
+func (c *Client) containerConfig(spec *lab.ContainerSpec, opts CreateOptions) (*container.Config, *container.HostConfig, *network.NetworkingConfig, error) {
+	env := make([]string, 0, len(spec.Env)+len(spec.Secrets))
+	for k, v := range spec.Env {
+		env = append(env, k+"="+v)
+	}
+	for k, name := range spec.Secrets {
+		v, err := c.secrets.Secret(name)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("secret %s for %s: %w", name, k, err)
+		}
+		env = append(env, k+"="+v)
+	}
+	sort.Strings(env)
+	cfg := &container.Config{
+		Image:      spec.Image,
+		Cmd:        spec.Command,
+		Entrypoint: spec.Entrypoint,
+		Env:        env,
+		Labels:     ManagedLabels(spec, opts.Lab, opts.Revision),
+		Hostname:   spec.Hostname,
+		Domainname: spec.Domainname,
+		User:       spec.User,
+		WorkingDir: spec.WorkingDir,
+		Tty:        spec.Tty,
+		OpenStdin:  spec.StdinOpen,
+	}
+	if h := spec.Healthcheck; h != nil {
+		cfg.Healthcheck = &container.HealthConfig{Test: h.Test, Interval: h.Interval, Timeout: h.Timeout, StartPeriod: h.StartPeriod, Retries: h.Retries}
+	}
+	host := &container.HostConfig{
+		RestartPolicy: restartPolicy(spec.Restart),
+		ExtraHosts:    spec.ExtraHosts,
+		DNS:           spec.DNS,
+		Privileged:    spec.Privileged,
+		Sysctls:       spec.Sysctls,
+		CapAdd:        spec.CapAdd,
+	}
+	host.Resources.Memory = spec.Memory
+	for _, d := range spec.Devices {
+		perms := d.Permissions
+		if perms == "" {
+			perms = "rwm"
+		}
+		host.Resources.Devices = append(host.Resources.Devices, container.DeviceMapping{PathOnHost: d.Host, PathInContainer: d.Container, CgroupPermissions: perms})
+	}
+	for _, m := range spec.Mounts {
+		host.Mounts = append(host.Mounts, mount.Mount{Type: mount.Type(m.Type), Source: m.Source, Target: m.Target, ReadOnly: m.ReadOnly})
+	}
+	if len(spec.Ports) > 0 || len(spec.Expose) > 0 {
+		cfg.ExposedPorts = nat.PortSet{}
+		host.PortBindings = nat.PortMap{}
+	}
+	for _, e := range spec.Expose {
+		cfg.ExposedPorts[nat.Port(e)] = struct{}{}
+	}
+	for _, p := range spec.Ports {
+		port := nat.Port(fmt.Sprintf("%d/%s", p.ContainerPort, p.Protocol))
+		cfg.ExposedPorts[port] = struct{}{}
+		if p.HostPort != "" || p.HostIP != "" {
+			host.PortBindings[port] = append(host.PortBindings[port], nat.PortBinding{HostIP: p.HostIP, HostPort: p.HostPort})
+		}
+	}
+	netcfg := &network.NetworkingConfig{}
+	if len(spec.Networks) > 0 {
+		first := spec.Networks[0]
+		host.NetworkMode = container.NetworkMode(first.Network)
+		// Engines before API 1.44 accept one network at create; the
+		// others are connected before start.
+		netcfg.EndpointsConfig = map[string]*network.EndpointSettings{first.Network: endpoint(first)}
+	}
+	return cfg, host, netcfg, nil
+}
+
+func restartPolicy(s string) container.RestartPolicy {
+	name, count, _ := strings.Cut(s, ":")
+	p := container.RestartPolicy{Name: container.RestartPolicyMode(name)}
+	if name == "no" || name == "" {
+		p.Name = container.RestartPolicyDisabled
+	}
+	if count != "" {
+		fmt.Sscan(count, &p.MaximumRetryCount)
+	}
+	return p
+}
+
+// filesTar builds the archive copied to "/" of a new container: the files
+// with their parent folders.
+func filesTar(files []lab.FileSpec) (io.Reader, error) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	dirs := map[string]bool{}
+	var addDir func(d string) error
+	addDir = func(d string) error {
+		if d == "/" || d == "." || dirs[d] {
+			return nil
+		}
+		if err := addDir(path.Dir(d)); err != nil {
+			return err
+		}
+		dirs[d] = true
+		return tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: strings.TrimPrefix(d, "/") + "/", Mode: 0o755, ModTime: time.Unix(0, 0)})
+	}
+	for _, f := range files {
+		if err := addDir(path.Dir(f.Path)); err != nil {
+			return nil, fmt.Errorf("archive files: %w", err)
+		}
+		hdr := &tar.Header{Typeflag: tar.TypeReg, Name: strings.TrimPrefix(f.Path, "/"), Mode: f.Mode, Size: int64(len(f.Content)), ModTime: time.Unix(0, 0)}
+		if err := tw.WriteHeader(hdr); err != nil {
+			return nil, fmt.Errorf("archive files: %w", err)
+		}
+		if _, err := tw.Write(f.Content); err != nil {
+			return nil, fmt.Errorf("archive files: %w", err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return nil, fmt.Errorf("archive files: %w", err)
+	}
+	return &buf, nil
+}
+
+// StartContainer starts a created or stopped container.
+func (c *Client) StartContainer(ctx context.Context, id string) error {
+	if err := c.api.ContainerStart(ctx, id, container.StartOptions{}); err != nil {
+		return fmt.Errorf("start: %w", err)
+	}
+	return nil
+}
+
+// StopContainer stops a container, giving it timeout to exit before it is
+// killed. A container already stopped is not an error.
+func (c *Client) StopContainer(ctx context.Context, id string, timeout time.Duration) error {
+	secs := int(timeout.Seconds())
+	if err := c.api.ContainerStop(ctx, id, container.StopOptions{Timeout: &secs}); err != nil && !errdefs.IsNotModified(err) {
+		return fmt.Errorf("stop: %w", err)
+	}
+	return nil
+}
+
+// RenameContainer renames a container.
+func (c *Client) RenameContainer(ctx context.Context, id, name string) error {
+	if err := c.api.ContainerRename(ctx, id, name); err != nil {
+		if errdefs.IsConflict(err) {
+			return fmt.Errorf("rename to %s: %w", name, ErrNameInUse)
+		}
+		return fmt.Errorf("rename to %s: %w", name, err)
+	}
+	return nil
+}
+
+// RemoveContainer removes a container, stopping it first if it runs. Named
+// volumes are kept. A container already gone is not an error.
+func (c *Client) RemoveContainer(ctx context.Context, id string) error {
+	err := c.api.ContainerRemove(ctx, id, container.RemoveOptions{Force: true})
+	if err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("remove: %w", err)
+	}
+	return nil
+}
+
+// WaitOptions say when a started container counts as up.
+type WaitOptions struct {
+	// Healthy waits for Docker's health status to be healthy.
+	Healthy bool
+	// MinUptime is how long a container without a healthcheck must keep
+	// running.
+	MinUptime time.Duration
+	Timeout   time.Duration
+	// Poll is the inspect interval; 0 means 200ms.
+	Poll time.Duration
+}
+
+// WaitRunning waits until a started container is running (and healthy,
+// when asked) or reports why it is not, with the tail of its log.
+func (c *Client) WaitRunning(ctx context.Context, id string, o WaitOptions) error {
+	if o.Poll == 0 {
+		o.Poll = 200 * time.Millisecond
+	}
+	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
+	defer cancel()
+	tick := time.NewTicker(o.Poll)
+	defer tick.Stop()
+	for {
+		info, err := c.api.ContainerInspect(ctx, id)
+		if err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("not up within %s", o.Timeout)
+			}
+			return fmt.Errorf("inspect: %w", err)
+		}
+		st := info.State
+		switch {
+		case st == nil:
+		case !st.Running && (st.Status == "exited" || st.Status == "dead"):
+			return fmt.Errorf("exited with code %d%s", st.ExitCode, c.logTail(ctx, id))
+		case st.Restarting:
+			return fmt.Errorf("is restarting after exit code %d%s", st.ExitCode, c.logTail(ctx, id))
+		case st.Running && o.Healthy && st.Health != nil:
+			if st.Health.Status == "healthy" {
+				return nil
+			}
+			if st.Health.Status == "unhealthy" {
+				return fmt.Errorf("unhealthy%s", c.logTail(ctx, id))
+			}
+		case st.Running:
+			started, _ := time.Parse(time.RFC3339Nano, st.StartedAt)
+			if time.Since(started) >= o.MinUptime {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("not up within %s%s", o.Timeout, c.logTail(context.WithoutCancel(ctx), id))
+		case <-tick.C:
+		}
+	}
+}
+
+// logTail returns the last lines of a container's log, for error messages.
+func (c *Client) logTail(ctx context.Context, id string) string {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	rc, err := c.api.ContainerLogs(ctx, id, container.LogsOptions{ShowStdout: true, ShowStderr: true, Tail: "5"})
+	if err != nil {
+		return ""
+	}
+	defer rc.Close()
+	var out bytes.Buffer
+	if _, err := stdcopy.StdCopy(&out, &out, io.LimitReader(rc, 8<<10)); err != nil && out.Len() == 0 {
+		return ""
+	}
+	s := strings.TrimSpace(out.String())
+	if s == "" {
+		return ""
+	}
+	return "; last log lines: " + strings.ReplaceAll(s, "\n", " | ")
+}

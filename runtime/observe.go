@@ -1,0 +1,152 @@
+package runtime
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/api/types/volume"
+
+	"github.com/labsync/labsync/lab"
+)
+
+// Observed is what a lab has on the Docker host, read from labels alone.
+type Observed struct {
+	Containers []ObservedContainer
+	Networks   []ObservedNetwork
+	Volumes    []ObservedVolume
+	// Images maps every local image tag to its image ID.
+	Images map[string]string
+}
+
+// ObservedContainer is one managed container.
+type ObservedContainer struct {
+	ID       string
+	Name     string
+	Kind     lab.Kind
+	Object   string
+	Hash     string
+	Fields   map[string]string
+	Revision string
+	// State is Docker's: created, running, paused, restarting, exited, dead.
+	State string
+	// Status is Docker's human status, e.g. "Exited (1) 2 minutes ago".
+	Status string
+	// Health is healthy, unhealthy, starting, or empty without a check.
+	Health  string
+	Image   string
+	ImageID string
+	// Aside marks a container set aside by an unfinished recreate.
+	Aside bool
+}
+
+// ObservedNetwork is one managed network.
+type ObservedNetwork struct {
+	ID     string
+	Name   string
+	Object string
+	Hash   string
+}
+
+// ObservedVolume is one managed volume.
+type ObservedVolume struct {
+	Name   string
+	Object string
+	Hash   string
+}
+
+func labFilter(labName string) filters.Args {
+	return filters.NewArgs(
+		filters.Arg("label", LabelManaged+"=true"),
+		filters.Arg("label", LabelLab+"="+labName),
+	)
+}
+
+// Observe lists everything labelled for labName: containers, networks and
+// volumes with one filtered call each, and the local image tags with one
+// more. Objects without both labels are never seen.
+func (c *Client) Observe(ctx context.Context, labName string) (*Observed, error) {
+	f := labFilter(labName)
+	cs, err := c.api.ContainerList(ctx, container.ListOptions{All: true, Filters: f})
+	if err != nil {
+		return nil, fmt.Errorf("list containers: %w", err)
+	}
+	obs := &Observed{Images: map[string]string{}}
+	for _, s := range cs {
+		obs.Containers = append(obs.Containers, observedContainer(s))
+	}
+	sort.Slice(obs.Containers, func(i, j int) bool { return obs.Containers[i].Name < obs.Containers[j].Name })
+	ns, err := c.api.NetworkList(ctx, network.ListOptions{Filters: f})
+	if err != nil {
+		return nil, fmt.Errorf("list networks: %w", err)
+	}
+	for _, n := range ns {
+		obs.Networks = append(obs.Networks, ObservedNetwork{ID: n.ID, Name: n.Name, Object: n.Labels[LabelObject], Hash: n.Labels[LabelHash]})
+	}
+	sort.Slice(obs.Networks, func(i, j int) bool { return obs.Networks[i].Name < obs.Networks[j].Name })
+	vs, err := c.api.VolumeList(ctx, volume.ListOptions{Filters: f})
+	if err != nil {
+		return nil, fmt.Errorf("list volumes: %w", err)
+	}
+	for _, v := range vs.Volumes {
+		obs.Volumes = append(obs.Volumes, ObservedVolume{Name: v.Name, Object: v.Labels[LabelObject], Hash: v.Labels[LabelHash]})
+	}
+	sort.Slice(obs.Volumes, func(i, j int) bool { return obs.Volumes[i].Name < obs.Volumes[j].Name })
+	imgs, err := c.api.ImageList(ctx, image.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list images: %w", err)
+	}
+	for _, im := range imgs {
+		for _, t := range im.RepoTags {
+			obs.Images[t] = im.ID
+		}
+	}
+	return obs, nil
+}
+
+func observedContainer(s container.Summary) ObservedContainer {
+	name := ""
+	if len(s.Names) > 0 {
+		name = strings.TrimPrefix(s.Names[0], "/")
+	}
+	oc := ObservedContainer{
+		ID:       s.ID,
+		Name:     name,
+		Kind:     lab.Kind(s.Labels[LabelKind]),
+		Object:   s.Labels[LabelObject],
+		Hash:     s.Labels[LabelHash],
+		Revision: s.Labels[LabelRevision],
+		State:    string(s.State),
+		Status:   s.Status,
+		Health:   healthFromStatus(s.Status),
+		Image:    s.Image,
+		ImageID:  s.ImageID,
+		Aside:    strings.HasSuffix(name, AsideSuffix),
+	}
+	if f := s.Labels[LabelFields]; f != "" {
+		_ = json.Unmarshal([]byte(f), &oc.Fields) // an unreadable label only loses detail in reasons
+	}
+	return oc
+}
+
+// healthFromStatus reads the health of a container from its list status.
+// The list API of engines before 1.52 reports health only inside this
+// human string ("Up 3 minutes (healthy)"), so it is the one source without
+// an inspect call per container.
+func healthFromStatus(status string) string {
+	switch {
+	case strings.Contains(status, "(healthy)"):
+		return "healthy"
+	case strings.Contains(status, "(unhealthy)"):
+		return "unhealthy"
+	case strings.Contains(status, "(health: starting)"):
+		return "starting"
+	}
+	return ""
+}
