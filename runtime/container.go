@@ -304,7 +304,7 @@ func (c *Client) WaitRunning(ctx context.Context, id string, o WaitOptions) erro
 		case !st.Running && (st.Status == "exited" || st.Status == "dead"):
 			return fmt.Errorf("exited with code %d%s", st.ExitCode, c.logTail(ctx, id))
 		case st.Restarting:
-			return fmt.Errorf("is restarting after exit code %d%s", st.ExitCode, c.logTail(ctx, id))
+			return fmt.Errorf("exited with code %d and is restarting%s", st.ExitCode, c.logTail(ctx, id))
 		case st.Running && o.Healthy && st.Health != nil:
 			if st.Health.Status == "healthy" {
 				return nil

@@ -1,0 +1,238 @@
+// Package testenv gives integration tests a Docker engine, unique names,
+// the stand-in images and polling helpers. Only tests import it.
+//
+// Outside CI a missing engine skips a test with a clear message; with
+// CI=true it fails it, so CI never passes by skipping.
+package testenv
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	goruntime "runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/build"
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/api/types/volume"
+	"github.com/docker/docker/pkg/jsonmessage"
+
+	"github.com/labsync/labsync/runtime"
+)
+
+// LabelTest marks every object a test creates itself (outside labsync).
+const LabelTest = "io.labsync.test"
+
+// CI reports whether the tests run in CI, where nothing may skip.
+func CI() bool { return os.Getenv("CI") == "true" }
+
+// Docker returns a client of the local engine, or skips (fails under CI)
+// when there is none.
+func Docker(t testing.TB) *runtime.Client {
+	t.Helper()
+	rt, err := runtime.New(runtime.Options{})
+	if err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err = rt.Ping(ctx)
+		cancel()
+	}
+	if err != nil {
+		if CI() {
+			t.Fatalf("Docker engine required under CI=true: %v", err)
+		}
+		t.Skipf("no Docker engine (%v); set CI=true to make this a failure", err)
+	}
+	t.Cleanup(func() { rt.Close() })
+	return rt
+}
+
+// Name returns a name for an object of this test: the test's name,
+// lower-cased, plus a random suffix.
+func Name(t testing.TB) string {
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	base := strings.ToLower(t.Name())
+	var out strings.Builder
+	for _, r := range base {
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' {
+			out.WriteRune(r)
+		} else {
+			out.WriteRune('-')
+		}
+	}
+	s := strings.Trim(out.String(), "-")
+	if len(s) > 40 {
+		s = s[len(s)-40:]
+	}
+	return strings.Trim(s, "-") + "-" + hex.EncodeToString(b[:])
+}
+
+// CleanupLab removes, when the test ends, every container, network and
+// volume labelled for labName: the lab is the test's own.
+func CleanupLab(t testing.TB, rt *runtime.Client, labName string) {
+	t.Helper()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		RemoveLab(ctx, rt, labName)
+	})
+}
+
+// RemoveLab removes everything labelled for labName.
+func RemoveLab(ctx context.Context, rt *runtime.Client, labName string) {
+	api := rt.API()
+	f := filters.NewArgs(filters.Arg("label", runtime.LabelLab+"="+labName))
+	cs, _ := api.ContainerList(ctx, container.ListOptions{All: true, Filters: f})
+	for _, c := range cs {
+		_ = api.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true})
+	}
+	ns, _ := api.NetworkList(ctx, network.ListOptions{Filters: f})
+	for _, n := range ns {
+		_ = api.NetworkRemove(ctx, n.ID)
+	}
+	vs, _ := api.VolumeList(ctx, volume.ListOptions{Filters: f})
+	for _, v := range vs.Volumes {
+		_ = api.VolumeRemove(ctx, v.Name, true)
+	}
+	ims, _ := api.ImageList(ctx, image.ListOptions{Filters: f})
+	for _, im := range ims {
+		_, _ = api.ImageRemove(ctx, im.ID, image.RemoveOptions{Force: true, PruneChildren: true})
+	}
+}
+
+// Eventually polls cond every 100ms until it returns true or timeout
+// passes, then fails the test with msg.
+func Eventually(t testing.TB, timeout time.Duration, msg string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %s", timeout, msg)
+		}
+		<-tick.C
+	}
+}
+
+var (
+	standinMu  sync.Mutex
+	standinTag string
+)
+
+// RepoRoot returns the repository's top folder.
+func RepoRoot() string {
+	_, file, _, _ := goruntime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+// StandinBinary builds the stand-in agent (testdata/standin) as a static
+// binary and returns its path.
+func StandinBinary(t testing.TB) string {
+	t.Helper()
+	out := filepath.Join(os.TempDir(), "labsync-standin-"+fmt.Sprint(os.Getpid()))
+	standinMu.Lock()
+	defer standinMu.Unlock()
+	if _, err := os.Stat(out); err == nil {
+		return out
+	}
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", out, "./testdata/standin")
+	cmd.Dir = RepoRoot()
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build stand-in: %v\n%s", err, b)
+	}
+	return out
+}
+
+// StandinImage builds the stand-in image (FROM scratch, the stand-in as
+// testflinger-agent and testflinger-server) once per test binary and
+// returns its tag. The tag is the content's digest, so runs share it.
+func StandinImage(t testing.TB, rt *runtime.Client) string {
+	t.Helper()
+	bin := StandinBinary(t)
+	standinMu.Lock()
+	defer standinMu.Unlock()
+	if standinTag != "" {
+		return standinTag
+	}
+	binData, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dockerfile, err := os.ReadFile(filepath.Join(RepoRoot(), "testdata", "standin", "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.New()
+	sum.Write(binData)
+	sum.Write(dockerfile)
+	tag := "labsync-test/standin:" + hex.EncodeToString(sum.Sum(nil))[:12]
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if _, err := rt.API().ImageInspect(ctx, tag); err == nil {
+		standinTag = tag
+		return tag
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for name, data := range map[string][]byte{"Dockerfile": dockerfile, "standin": binData} {
+		_ = tw.WriteHeader(&tar.Header{Name: name, Mode: 0o755, Size: int64(len(data))})
+		_, _ = tw.Write(data)
+	}
+	_ = tw.Close()
+	resp, err := rt.API().ImageBuild(ctx, &buf, build.ImageBuildOptions{Tags: []string{tag}, Remove: true, ForceRemove: true, Version: build.BuilderV1, Labels: map[string]string{LabelTest: "standin"}})
+	if err != nil {
+		t.Fatalf("build stand-in image: %v", err)
+	}
+	defer resp.Body.Close()
+	var out bytes.Buffer
+	if err := jsonmessage.DisplayJSONMessagesStream(resp.Body, &out, 0, false, nil); err != nil {
+		t.Fatalf("build stand-in image: %v\n%s", err, out.String())
+	}
+	standinTag = tag
+	return tag
+}
+
+// WriteFiles writes files (relative path → content) under dir.
+func WriteFiles(t testing.TB, dir string, files map[string]string) {
+	t.Helper()
+	for name, content := range files {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// ReadContainerFile reads one file out of a container through the archive
+// API.
+func ReadContainerFile(ctx context.Context, rt *runtime.Client, id, path string) ([]byte, error) {
+	rc, _, err := rt.API().CopyFromContainer(ctx, id, path)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	if _, err := tr.Next(); err != nil {
+		return nil, err
+	}
+	return io.ReadAll(tr)
+}
