@@ -260,6 +260,8 @@ func (l *Lab) loadStack() {
 		o.ResolvePaths = false
 		o.SkipInclude = true
 		o.SkipExtends = true
+		// labsync checks references and dependencies itself, with lines.
+		o.SkipConsistencyCheck = true
 	})
 	if err != nil {
 		l.d.errorf(file, 0, "%v", err)

@@ -9,6 +9,9 @@ import (
 	"github.com/labsync/labsync/runtime"
 )
 
+// specChanged is the reason given when the fields that differ are unknown.
+const specChanged = "spec changed"
+
 // explain says why an observed container differs from its spec, or returns
 // nil when it does not.
 func explain(obs *runtime.ObservedContainer, spec *lab.ContainerSpec, images map[string]string) []string {
@@ -16,7 +19,7 @@ func explain(obs *runtime.ObservedContainer, spec *lab.ContainerSpec, images map
 	if obs.Hash != spec.Hash {
 		reasons = diffFields(obs.Fields, spec.Fields, obs, spec)
 		if len(reasons) == 0 {
-			reasons = []string{"spec changed"}
+			reasons = []string{specChanged}
 		}
 	} else if spec.BuildTag == "" {
 		// A named image may have been replaced under the same tag.
@@ -56,6 +59,9 @@ func diffFields(old, cur map[string]string, obs *runtime.ObservedContainer, spec
 			continue
 		}
 		name, isFile := strings.CutPrefix(k, "file:")
+		if k == "container_name" {
+			continue // said by the plan as a rename
+		}
 		if !isFile {
 			fields = append(fields, k)
 			continue
@@ -99,7 +105,11 @@ func diffFields(old, cur map[string]string, obs *runtime.ObservedContainer, spec
 	var other []string
 	for _, f := range fields {
 		if f == "image" {
-			reasons = append(reasons, fmt.Sprintf("image changed (%s -> %s)", obs.Image, spec.Image))
+			if spec.BuildTag != "" && obs.Image != "" && strings.HasPrefix(obs.Image, imageRepo(spec.Image)+":") {
+				reasons = append(reasons, fmt.Sprintf("image rebuilt: its build context changed (%s -> %s)", imageTag(obs.Image), imageTag(spec.Image)))
+			} else {
+				reasons = append(reasons, fmt.Sprintf("image changed (%s -> %s)", obs.Image, spec.Image))
+			}
 			continue
 		}
 		other = append(other, f)
@@ -109,6 +119,15 @@ func diffFields(old, cur map[string]string, obs *runtime.ObservedContainer, spec
 	}
 	return reasons
 }
+
+func imageRepo(ref string) string {
+	if i := strings.LastIndex(ref, ":"); i > strings.LastIndex(ref, "/") {
+		return ref[:i]
+	}
+	return ref
+}
+
+func imageTag(ref string) string { return strings.TrimPrefix(ref, imageRepo(ref)+":") }
 
 func sortedSet(m map[string]bool) []string {
 	out := make([]string, 0, len(m))

@@ -219,7 +219,12 @@ func (p *Changeset) planContainer(spec *lab.ContainerSpec, found []runtime.Obser
 		a.Kind = Recreate
 		a.Old = &others[0]
 		a.Leftovers = others[1:]
-		a.Reasons = append([]string{fmt.Sprintf("container name changes from %s to %s", others[0].Name, spec.ContainerName)}, explain(&others[0], spec, images)...)
+		a.Reasons = []string{fmt.Sprintf("container name changes from %s to %s", others[0].Name, spec.ContainerName)}
+		for _, r := range explain(&others[0], spec, images) {
+			if r != specChanged {
+				a.Reasons = append(a.Reasons, r)
+			}
+		}
 		p.add(a)
 	default:
 		a := base

@@ -232,7 +232,7 @@ func CheckAgentConf(root *yaml.Node) (AgentConf, []yamlcheck.Finding) {
 		conf.Keys[p.Key] = p.KeyN.Line
 	}
 	for _, k := range agentRequired {
-		if _, ok := vals[k]; !ok {
+		if _, ok := vals[k]; !ok && !misspelt(vals, k) {
 			fs = append(fs, yamlcheck.Errorf(root, "missing required key '%s'", k))
 		}
 	}
@@ -291,7 +291,7 @@ func CheckConnectorConf(root *yaml.Node) (ConnectorConf, []yamlcheck.Finding) {
 	}
 	if n := vals["device_ip"]; n != nil && kString.matches(n) {
 		conf.DeviceIP, conf.DeviceIPLine = n.Value, n.Line
-		if net.ParseIP(n.Value) == nil && !validHostname(n.Value) {
+		if net.ParseIP(n.Value) == nil && (looksNumeric(n.Value) || !validHostname(n.Value)) {
 			fs = append(fs, yamlcheck.Errorf(n, "'device_ip' is %q, which is neither an IP address nor a host name", n.Value))
 		}
 	}
@@ -309,7 +309,7 @@ func CheckJob(root *yaml.Node) []yamlcheck.Finding {
 		return []yamlcheck.Finding{yamlcheck.Errorf(root, "a job must be a mapping, not %s", yamlcheck.Describe(root))}
 	}
 	vals, fs := checkKeys(root, "", jobKeys, true)
-	if _, ok := vals["job_queue"]; !ok {
+	if _, ok := vals["job_queue"]; !ok && !misspelt(vals, "job_queue") {
 		fs = append(fs, yamlcheck.Errorf(root, "missing required key 'job_queue'"))
 	}
 	if n := vals["test_data"]; yamlcheck.IsMap(n) {
@@ -326,6 +326,17 @@ func CheckJob(root *yaml.Node) []yamlcheck.Finding {
 	return fs
 }
 
+// misspelt reports whether a present key looks like a misspelling of want,
+// which is then already reported as unknown with a suggestion.
+func misspelt(vals map[string]*yaml.Node, want string) bool {
+	for k := range vals {
+		if k != want && yamlcheck.Suggest(k, []string{want}) == want {
+			return true
+		}
+	}
+	return false
+}
+
 func contains(list []string, s string) bool {
 	for _, v := range list {
 		if v == s {
@@ -333,6 +344,12 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// looksNumeric reports whether s is only digits and dots: meant as an IPv4
+// address, so it must parse as one.
+func looksNumeric(s string) bool {
+	return strings.Trim(s, "0123456789.") == ""
 }
 
 func validHostname(s string) bool {

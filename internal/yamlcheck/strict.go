@@ -10,19 +10,18 @@ import (
 // Decode checks n strictly against the Go type of target, following its
 // yaml struct tags: unknown keys, duplicate keys and values of the wrong type
 // are findings with their lines. Only when there are none is n decoded into
-// target. Types that implement yaml.Unmarshaler check themselves.
+// target. Types that implement yaml.Unmarshaler check themselves. Values
+// that pass are decoded even when others do not, so that later checks can
+// report every problem at once.
 func Decode(n *yaml.Node, target any) []Finding {
 	if n == nil {
 		return nil
 	}
 	fs := check(n, reflect.TypeOf(target).Elem(), "")
-	if len(fs) > 0 {
-		return fs
-	}
-	if err := n.Decode(target); err != nil {
+	if err := n.Decode(target); err != nil && len(fs) == 0 {
 		return []Finding{Errorf(n, "%v", err)}
 	}
-	return nil
+	return fs
 }
 
 var unmarshaler = reflect.TypeOf((*yaml.Unmarshaler)(nil)).Elem()
