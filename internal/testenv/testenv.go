@@ -181,13 +181,11 @@ func StandinImage(t testing.TB, rt *runtime.Client) string {
 	sum := sha256.New()
 	sum.Write(binData)
 	sum.Write(dockerfile)
-	tag := "labsync-test/standin:" + hex.EncodeToString(sum.Sum(nil))[:12]
+	// One image per test process: Main removes it when the process ends,
+	// so packages tested in parallel never remove each other's image.
+	tag := fmt.Sprintf("labsync-test/standin:%s-%d", hex.EncodeToString(sum.Sum(nil))[:12], os.Getpid())
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	if _, err := rt.API().ImageInspect(ctx, tag); err == nil {
-		standinTag = tag
-		return tag
-	}
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	for name, data := range map[string][]byte{"Dockerfile": dockerfile, "standin": binData} {
@@ -195,7 +193,7 @@ func StandinImage(t testing.TB, rt *runtime.Client) string {
 		_, _ = tw.Write(data)
 	}
 	_ = tw.Close()
-	resp, err := rt.API().ImageBuild(ctx, &buf, build.ImageBuildOptions{Tags: []string{tag}, Remove: true, ForceRemove: true, Version: build.BuilderV1, Labels: map[string]string{LabelTest: "standin"}})
+	resp, err := rt.API().ImageBuild(ctx, &buf, build.ImageBuildOptions{Tags: []string{tag}, Remove: true, ForceRemove: true, Version: build.BuilderV1, Labels: map[string]string{LabelTest: processLabel()}})
 	if err != nil {
 		t.Fatalf("build stand-in image: %v", err)
 	}
@@ -206,6 +204,30 @@ func StandinImage(t testing.TB, rt *runtime.Client) string {
 	}
 	standinTag = tag
 	return tag
+}
+
+func processLabel() string { return fmt.Sprintf("standin-%d", os.Getpid()) }
+
+// Main runs the tests of a package, then removes the images this process
+// built. Use it from TestMain.
+func Main(m *testing.M) {
+	code := m.Run()
+	standinMu.Lock()
+	built := standinTag != ""
+	standinMu.Unlock()
+	if built {
+		if rt, err := runtime.New(runtime.Options{}); err == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			ims, _ := rt.API().ImageList(ctx, image.ListOptions{Filters: filters.NewArgs(filters.Arg("label", LabelTest+"="+processLabel()))})
+			for _, im := range ims {
+				_, _ = rt.API().ImageRemove(ctx, im.ID, image.RemoveOptions{Force: true, PruneChildren: true})
+			}
+			cancel()
+			rt.Close()
+		}
+	}
+	_ = os.Remove(filepath.Join(os.TempDir(), "labsync-standin-"+fmt.Sprint(os.Getpid())))
+	os.Exit(code)
 }
 
 // WriteFiles writes files (relative path → content) under dir.

@@ -1,0 +1,49 @@
+# labsync — make help lists the targets.
+SHELL := /bin/bash
+GO ?= go
+BIN := bin
+export CGO_ENABLED ?= 0
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: build
+build: ## build bin/labsync
+	$(GO) build -trimpath -o $(BIN)/labsync ./cmd/labsync
+
+.PHONY: test
+test: ## set up what the tests need (Docker), then vet and run every test
+	@scripts/test-setup.sh
+	$(GO) vet ./...
+	$(GO) test -count=1 -p 2 -timeout 20m ./...
+
+.PHONY: test-short
+test-short: ## unit tests only, no Docker
+	$(GO) test -count=1 -short ./lab/... ./testflinger/... ./internal/yamlcheck/...
+
+.PHONY: lint
+lint: ## gofmt, go vet and staticcheck
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@2025.1.1 ./...
+
+.PHONY: demo
+demo: ## converge a demo lab on this Docker host (3 agents, 1 service), then change one SUT
+	@scripts/demo.sh
+
+.PHONY: demo-clean
+demo-clean: ## remove everything the demo created
+	@scripts/demo.sh clean
+
+.PHONY: bench
+bench: ## benchmarks: planning, and a no-op plan against 500 running agents (slow)
+	@scripts/test-setup.sh
+	$(GO) test -run '^$$' -bench . -benchtime 20x ./reconciler/ ./lab/
+	LABSYNC_BENCH_AGENTS=500 $(GO) test -run '^$$' -bench NoopPlanLive -benchtime 10x -timeout 60m ./cmd/labsync/
+
+.PHONY: clean
+clean: ## remove build output
+	rm -rf $(BIN) .demo

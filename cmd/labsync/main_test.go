@@ -1,0 +1,93 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/labsync/labsync/internal/testenv"
+)
+
+func runCmd(t *testing.T, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	var o, e bytes.Buffer
+	err = run(context.Background(), args, &o, &e)
+	return o.String(), e.String(), err
+}
+
+func TestValidateLabRepoExample(t *testing.T) {
+	out, errOut, err := runCmd(t, "validate", "../../lab-repo-example")
+	if err != nil || exitCode(err, &bytes.Buffer{}) != 0 {
+		t.Fatalf("validate lab-repo-example: %v\n%s", err, errOut)
+	}
+	if !strings.Contains(out, "is valid") {
+		t.Errorf("stdout = %q", out)
+	}
+}
+
+func TestValidateMisspeltKeyExitsOne(t *testing.T) {
+	dir := t.TempDir()
+	testenv.WriteFiles(t, dir, map[string]string{
+		"sut/dut1.conf": "agent_id: dut1\nserver_address: http://tf:8000\njob_queue: [dut1]\n",
+	})
+	_, errOut, err := runCmd(t, "validate", dir)
+	var ee exitError
+	if !errors.As(err, &ee) || ee.code != 1 {
+		t.Fatalf("err = %v, want exit 1", err)
+	}
+	want := "sut/dut1.conf:3: error: unknown key 'job_queue' (did you mean 'job_queues'?)"
+	if !strings.Contains(errOut, want) {
+		t.Errorf("stderr = %q, want it to contain %q", errOut, want)
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, args := range [][]string{{}, {"frobnicate"}, {"validate", "a", "b"}, {"plan", "--no-such-flag"}} {
+		_, _, err := runCmd(t, args...)
+		if code := exitCode(err, &bytes.Buffer{}); code != 2 {
+			t.Errorf("labsync %v: exit %d, want 2", args, code)
+		}
+	}
+}
+
+// A lab of the old kind (sut/ and docker-compose.yaml, no lab.yaml)
+// validates and plans with defaults.
+func TestPlanWithoutLabYAML(t *testing.T) {
+	testenv.Docker(t)
+	dir := t.TempDir()
+	name := testenv.Name(t)
+	testenv.WriteFiles(t, dir, map[string]string{
+		"sut/dut1.conf":        "agent_id: dut1\nserver_address: http://tf:8000\njob_queues: [dut1]\n",
+		"sut/dut1_snappy.yaml": "device_ip: 10.9.9.9\n",
+		"docker-compose.yaml":  "services:\n  redis:\n    image: redis:7\n",
+	})
+	if _, errOut, err := runCmd(t, "validate", dir); err != nil {
+		t.Fatalf("validate: %v\n%s", err, errOut)
+	}
+	out, errOut, err := runCmd(t, "plan", "--name", name, dir)
+	if err != nil {
+		t.Fatalf("plan: %v\n%s", err, errOut)
+	}
+	for _, want := range []string{"create-network  network  default  " + name + "_default", "create          agent    dut1", "create          service  redis"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("plan lacks %q:\n%s", want, out)
+		}
+	}
+	out, _, err = runCmd(t, "plan", "--json", "--name", name, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p struct {
+		Lab     string `json:"lab"`
+		Actions []struct {
+			Action, Object string
+			Reasons        []string
+		} `json:"actions"`
+	}
+	if err := json.Unmarshal([]byte(out), &p); err != nil || p.Lab != name || len(p.Actions) != 3 {
+		t.Fatalf("plan --json = %s (%v)", out, err)
+	}
+}

@@ -1,0 +1,9 @@
+package reconciler_test
+
+import (
+	"testing"
+
+	"github.com/labsync/labsync/internal/testenv"
+)
+
+func TestMain(m *testing.M) { testenv.Main(m) }

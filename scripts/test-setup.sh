@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Makes sure what the tests need is here: Go, git and a running Docker
+# engine. Installs and starts only what is missing.
+set -euo pipefail
+
+need_apt=()
+command -v git >/dev/null || need_apt+=(git)
+command -v docker >/dev/null || need_apt+=(docker.io)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "test-setup: installing ${need_apt[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+
+if ! docker info >/dev/null 2>&1; then
+  echo "test-setup: Docker engine not answering; starting it"
+  if command -v service >/dev/null && service docker start >/dev/null 2>&1; then :
+  elif command -v dockerd >/dev/null; then
+    (dockerd >/tmp/labsync-dockerd.log 2>&1 &)
+  fi
+  for _ in $(seq 1 60); do
+    docker info >/dev/null 2>&1 && break
+    sleep 1
+  done
+  docker info >/dev/null 2>&1 || { echo "test-setup: the Docker engine did not start (see /tmp/labsync-dockerd.log)"; exit 1; }
+fi
+echo "test-setup: $(go version), Docker engine $(docker version --format '{{.Server.Version}}')"
