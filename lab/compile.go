@@ -175,9 +175,10 @@ func (l *Lab) compileAgent(s *SUT) ContainerSpec {
 		"connector": orDefault(cfg.Files.Connector, DefaultConnectorPath),
 		"job":       cfg.Files.Job,
 	}
+	base := map[string]string{"name": s.Name, "lab": l.Name}
 	vars := map[string]string{"name": s.Name, "lab": l.Name}
 	for k, v := range paths {
-		vars[k] = expand(v, vars)
+		vars[k] = expand(v, base)
 	}
 	c := ContainerSpec{
 		Name:          s.Name,

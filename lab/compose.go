@@ -102,10 +102,10 @@ var serviceSpec = mapOf("image", "command", "entrypoint", "environment", "env_fi
 	with("networks", &keySpec{named: mapOf("ipv4_address", "aliases")}).
 	with("ports", &keySpec{items: mapOf("target", "published", "host_ip", "protocol")}).
 	with("healthcheck", mapOf("test", "interval", "timeout", "retries", "start_period", "disable")).
-	with("depends_on", &keySpec{named: mapOf("condition", "restart", "required")})
+	with("depends_on", &keySpec{named: mapOf("condition")})
 
 var networkSpec = mapOf("name", "driver", "driver_opts").
-	with("ipam", mapOf("driver").with("config", &keySpec{items: mapOf("subnet", "gateway", "ip_range")}))
+	with("ipam", mapOf().with("config", &keySpec{items: mapOf("subnet", "gateway", "ip_range")}))
 
 // checkKeys reports every key of n that spec does not allow. Keys starting
 // with x- are Compose extensions and are allowed (and ignored) anywhere.
@@ -154,7 +154,8 @@ func checkComposeKeys(n *yaml.Node, spec *keySpec, where string, out *[]yamlchec
 	}
 }
 
-var unsetVar = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
+// unsetVar finds ${NAME} without a default; $${NAME} is an escaped dollar.
+var unsetVar = regexp.MustCompile(`(?:^|[^$])\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
 
 func (l *Lab) stackFile() (string, int) {
 	if l.Config.Stack != "" {
@@ -214,6 +215,9 @@ func (l *Lab) loadStack() {
 		case "version":
 			l.d.warnf(file, k.Line, "the top-level 'version' is obsolete and ignored; remove it")
 			continue
+		case "name":
+			l.d.warnf(file, k.Line, "the top-level 'name' is ignored: labsync names networks and volumes after the lab (name: in lab.yaml); remove it")
+			continue
 		case "services":
 			for _, p := range yamlcheck.Pairs(v) {
 				serviceLines[p.Key] = p.KeyN.Line
@@ -236,7 +240,7 @@ func (l *Lab) loadStack() {
 	root.Content = kept
 	l.checkReferences(file, root, st)
 	for _, m := range unsetVar.FindAllSubmatchIndex(data, -1) {
-		line := bytes.Count(data[:m[0]], []byte("\n")) + 1
+		line := bytes.Count(data[:m[2]], []byte("\n")) + 1
 		l.d.warnf(file, line, "variable ${%s} has no default; labsync reads no host environment, so it becomes empty; write the value or ${%s:-default}", data[m[2]:m[3]], data[m[2]:m[3]])
 	}
 	if l.d.list.HasErrors() {
@@ -488,7 +492,7 @@ func (l *Lab) checkService(file, dir string, svc *Service, st *Stack) {
 			svc.Build = l.loadBuild(file, svc.Line, svc.Name, path.Clean(p), sc.Build.Dockerfile, args)
 		}
 	}
-	if r := sc.Restart; r != "" && !containsStr(restartPolicies, strings.SplitN(r, ":", 2)[0]) {
+	if r := sc.Restart; r != "" && !validRestart(r) {
 		l.d.errorf(file, svc.Line, "service '%s': restart %q; use one of %s", svc.Name, r, strings.Join(restartPolicies, ", "))
 	}
 	for _, v := range sc.Volumes {
@@ -506,13 +510,6 @@ func (l *Lab) checkService(file, dir string, svc *Service, st *Stack) {
 		case types.VolumeTypeVolume, "":
 		default:
 			l.d.errorf(file, svc.Line, "service '%s': volume type %q is not supported; use volume or bind", svc.Name, v.Type)
-		}
-	}
-	for key, nc := range sc.Networks {
-		if nc != nil && nc.Ipv4Address != "" {
-			if sn := st.Networks[key]; sn != nil && len(sn.Config.Ipam.Config) == 0 {
-				l.d.errorf(file, svc.Line, "service '%s': ipv4_address on network '%s' needs an ipam subnet on that network", svc.Name, key)
-			}
 		}
 	}
 }

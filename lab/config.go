@@ -50,8 +50,9 @@ type BuildConfig struct {
 	Args       map[string]string `yaml:"args"`
 }
 
-// FilesConfig says where each SUT file lands in its container. "{name}" is
-// replaced by the SUT name. An empty path means the file is not copied.
+// FilesConfig says where each SUT file lands in its container. "{name}" and
+// "{lab}" are replaced. Conf and Connector have defaults; Job is copied only
+// when a path is given.
 type FilesConfig struct {
 	Conf      string `yaml:"conf"`
 	Connector string `yaml:"connector"`

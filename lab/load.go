@@ -165,6 +165,17 @@ func lineOf(file, key string, l *Lab) int {
 
 var restartPolicies = []string{"no", "always", "unless-stopped", "on-failure"}
 
+// validRestart accepts Docker's restart policies, on-failure with a count.
+func validRestart(r string) bool {
+	name, count, hasCount := strings.Cut(r, ":")
+	if hasCount {
+		return name == "on-failure" && strings.Trim(count, "0123456789") == "" && count != ""
+	}
+	return containsStr(restartPolicies, name)
+}
+
+var healthForms = []string{"CMD", "CMD-SHELL", "NONE"}
+
 func (l *Lab) checkConfig(file string, root *yaml.Node) {
 	c := &l.Config
 	if c.Agents.Dir != "" && !safePath(c.Agents.Dir) {
@@ -179,7 +190,7 @@ func (l *Lab) checkConfig(file string, root *yaml.Node) {
 	if b := c.Agents.Image.Build; b != nil && (b.Context == "" || !safePath(b.Context)) {
 		l.d.errorf(file, lineOf(file, "agents.image.build", l), "'agents.image.build.context' must be a relative folder inside the repository, e.g. images/agent")
 	}
-	if r := c.Agents.Restart; r != "" && !containsStr(restartPolicies, r) {
+	if r := c.Agents.Restart; r != "" && !validRestart(r) {
 		l.d.errorf(file, lineOf(file, "agents.restart", l), "'agents.restart' is %q; use one of %s", r, strings.Join(restartPolicies, ", "))
 	}
 	if c.Agents.Update.Parallelism < 0 {
@@ -191,7 +202,21 @@ func (l *Lab) checkConfig(file string, root *yaml.Node) {
 	if p := c.ContainerPrefix; p != "" && !validName.MatchString(p) {
 		l.d.errorf(file, lineOf(file, "container_prefix", l), "'container_prefix' %q is not valid in a container name", p)
 	}
+	if hc := c.Agents.Healthcheck; hc != nil && len(hc.Test) > 0 && !containsStr(healthForms, hc.Test[0]) {
+		l.d.errorf(file, lineOf(file, "agents.healthcheck.test", l), "'agents.healthcheck.test' must start with CMD, CMD-SHELL or NONE, e.g. [CMD, labsync-agent, healthcheck]")
+	}
+	for net, a := range c.Agents.Networks {
+		if a.IPv4Address != "" {
+			l.d.errorf(file, lineOf(file, "agents.networks", l), "'agents.networks.%s.ipv4_address' would give every agent the same address; set it per agent in sut/<name>.lab.yaml", net)
+		}
+	}
+	if strings.ContainsAny(c.MQTT.Prefix, "+#\x00") {
+		l.d.errorf(file, lineOf(file, "mqtt.prefix", l), "'mqtt.prefix' %q contains an MQTT wildcard (+ or #); use plain topic levels", c.MQTT.Prefix)
+	}
 	for k := range c.Agents.Env {
+		if !validEnvName(k) {
+			l.d.errorf(file, lineOf(file, "agents.env", l), "'agents.env' key %q is not a valid environment variable name", k)
+		}
 		if _, dup := c.Agents.Secrets[k]; dup {
 			l.d.errorf(file, lineOf(file, "agents.secrets", l), "'%s' is set in both agents.env and agents.secrets; keep it in secrets", k)
 		}
@@ -502,6 +527,13 @@ func (l *Lab) crossCheck() {
 			if img := s.Override.Image; img != "" && strings.ContainsAny(img, " \t") {
 				l.d.errorf(s.OverrideFile.Path, lineOfData(s.OverrideFile.Data, "image"), "'image' %q is not an image reference", img)
 			}
+			for k := range s.Override.Env {
+				if _, secret := l.Config.Agents.Secrets[k]; secret {
+					l.d.errorf(s.OverrideFile.Path, lineOfData(s.OverrideFile.Data, "env"), "env %s is a secret in lab.yaml (agents.secrets); a value here would replace it, so remove it", k)
+				} else if !validEnvName(k) {
+					l.d.errorf(s.OverrideFile.Path, lineOfData(s.OverrideFile.Data, "env"), "env key %q is not a valid environment variable name", k)
+				}
+			}
 			for net := range s.Override.Networks {
 				if !l.hasNetwork(net) {
 					l.d.errorf(s.OverrideFile.Path, lineOfData(s.OverrideFile.Data, "networks"), "network %q is not defined in the stack; define it under networks: in %s", net, l.stackFileOr())
@@ -514,6 +546,7 @@ func (l *Lab) crossCheck() {
 			l.d.errorf("lab.yaml", lineOf("lab.yaml", "agents.networks", l), "network %q is not defined in the stack; define it under networks: in %s", net, l.stackFileOr())
 		}
 	}
+	l.checkAddresses()
 	// Container names must not collide.
 	names := map[string]string{}
 	if l.Stack != nil {
@@ -533,6 +566,45 @@ func (l *Lab) crossCheck() {
 		names[cn] = fmt.Sprintf("SUT %s", s.Name)
 	}
 	_ = dir
+}
+
+// checkAddresses rejects a static address used twice on one network, and
+// static addresses on networks without a subnet.
+func (l *Lab) checkAddresses() {
+	type owner struct{ file, what string }
+	used := map[string]owner{}
+	claim := func(net, ip, file string, line int, what string) {
+		key := net + "/" + ip
+		if prev, dup := used[key]; dup {
+			l.d.errorf(file, line, "%s: address %s on network %s is also given to %s in %s", what, ip, net, prev.what, prev.file)
+			return
+		}
+		used[key] = owner{file, what}
+		if l.Stack != nil {
+			if sn := l.Stack.Networks[net]; sn != nil && len(sn.Config.Ipam.Config) == 0 && sn.Line > 0 {
+				l.d.errorf(file, line, "%s: ipv4_address on network '%s' needs an ipam subnet on that network", what, net)
+			}
+		}
+	}
+	if l.Stack != nil {
+		for _, svc := range l.Stack.Services {
+			for _, key := range sortedKeys(svc.Config.Networks) {
+				if nc := svc.Config.Networks[key]; nc != nil && nc.Ipv4Address != "" {
+					claim(key, nc.Ipv4Address, l.Stack.File, svc.Line, "service '"+svc.Name+"'")
+				}
+			}
+		}
+	}
+	for _, s := range l.SUTs {
+		if s.Override == nil || s.OverrideFile == nil || !s.Enabled() {
+			continue
+		}
+		for _, key := range sortedKeys(s.Override.Networks) {
+			if ip := s.Override.Networks[key].IPv4Address; ip != "" {
+				claim(key, ip, s.OverrideFile.Path, lineOfData(s.OverrideFile.Data, "networks"), "agent '"+s.Name+"'")
+			}
+		}
+	}
 }
 
 func (l *Lab) stackFileOr() string {

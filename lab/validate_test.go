@@ -125,7 +125,14 @@ func TestValidation(t *testing.T) {
 		{name: "compose-dependencies", wantErr: true, files: map[string]string{
 			"docker-compose.yaml": "services:\n  a:\n    image: x\n    depends_on:\n      b: {condition: service_healthy}\n  b:\n    image: y\n    depends_on: [a]\n  c:\n    build: ./nowhere\n"}},
 		{name: "compose-unset-variable", files: map[string]string{
-			"docker-compose.yaml": "services:\n  a:\n    image: \"registry/${TAG}\"\n    environment:\n      FROM_HOST:\n      GIVEN: \"${GIVEN:-yes}\"\n"}},
+			"docker-compose.yaml": "name: old\nservices:\n  a:\n    image: \"registry/${TAG}\"\n    command: [echo, \"$${ESCAPED}\"]\n    environment:\n      FROM_HOST:\n      GIVEN: \"${GIVEN:-yes}\"\n"}},
+		{name: "static-addresses", wantErr: true, files: map[string]string{
+			"docker-compose.yaml": "services:\n  api:\n    image: x\n    networks:\n      lab: {ipv4_address: 10.5.0.2}\n      plain: {}\nnetworks:\n  lab:\n    ipam:\n      config: [{subnet: 10.5.0.0/24}]\n  plain: {}\n",
+			"sut/alpha.lab.yaml":  "networks:\n  lab: {ipv4_address: 10.5.0.2}\n",
+			"sut/beta.lab.yaml":   "networks:\n  plain: {ipv4_address: 10.6.0.2}\n"}},
+		{name: "secret-override-and-healthcheck", wantErr: true, files: map[string]string{
+			"lab.yaml":          "agents:\n  secrets: {TOKEN: tf-token}\n  env: {\"BAD NAME\": x}\n  healthcheck:\n    test: [labsync-agent, healthcheck]\n  networks:\n    default: {ipv4_address: 10.0.0.9}\n  restart: on-failure:3\nmqtt:\n  prefix: lab/#\n",
+			"sut/beta.lab.yaml": "env:\n  TOKEN: committed-in-git\n"}},
 		{name: "compose-bad-yaml", wantErr: true, files: map[string]string{
 			"docker-compose.yaml": "services:\n  a:\n\timage: x\n"}},
 	}

@@ -1,0 +1,71 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/labsync/labsync/internal/testenv"
+	"github.com/labsync/labsync/lab"
+	"github.com/labsync/labsync/reconciler"
+)
+
+// BenchmarkNoopPlanLive measures a no-op plan (load, compile, observe,
+// plan) against a host that runs every agent of the lab already, and the
+// Docker API calls it makes. LABSYNC_BENCH_AGENTS sets the number of agents
+// (default 20; make bench uses 500).
+func BenchmarkNoopPlanLive(b *testing.B) {
+	n := 20
+	if v, err := strconv.Atoi(os.Getenv("LABSYNC_BENCH_AGENTS")); err == nil && v > 0 {
+		n = v
+	}
+	rt := testenv.Docker(b)
+	image := testenv.StandinImage(b, rt)
+	name := testenv.Name(b)
+	testenv.CleanupLab(b, rt, name)
+	dir := b.TempDir()
+	files := map[string]string{
+		"lab.yaml": fmt.Sprintf("name: %[1]s\ncontainer_prefix: %[1]s-\nagents:\n  image:\n    name: %[2]s\n  memory: 32m\n  update:\n    parallelism: 16\n    min_uptime: 100ms\n", name, image),
+	}
+	for i := 0; i < n; i++ {
+		sut := fmt.Sprintf("dut%04d", i)
+		files["sut/"+sut+".conf"] = fmt.Sprintf("agent_id: %[1]s\nserver_address: http://tf:8000\njob_queues: [%[1]s]\npolling_interval: 3600\n", sut)
+		files["sut/"+sut+"_snappy.yaml"] = fmt.Sprintf("device_ip: 10.%d.%d.%d\n", i/65536, i/256%256, i%256)
+	}
+	testenv.WriteFiles(b, dir, files)
+	start := time.Now()
+	if err := run(context.Background(), []string{"apply", "--log-level", "warn", dir}, io.Discard, io.Discard); err != nil {
+		b.Fatalf("apply %d agents: %v", n, err)
+	}
+	b.Logf("applied %d agents in %s", n, time.Since(start).Round(time.Millisecond))
+
+	ctx := context.Background()
+	b.ResetTimer()
+	var calls int64
+	for i := 0; i < b.N; i++ {
+		r0, w0 := rt.Calls()
+		l, err := lab.Load(os.DirFS(dir), lab.LoadOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		obs, err := rt.Observe(ctx, name)
+		if err != nil {
+			b.Fatal(err)
+		}
+		p := reconciler.Plan(lab.Compile(l, lab.CompileOptions{}), obs, reconciler.PlanOptions{})
+		if !p.Empty() {
+			b.Fatalf("plan is not empty: %s", p.Summary())
+		}
+		r1, w1 := rt.Calls()
+		if w1 != w0 {
+			b.Fatalf("a plan made %d mutating calls", w1-w0)
+		}
+		calls += r1 - r0
+	}
+	b.ReportMetric(float64(calls)/float64(b.N), "api-calls/op")
+	b.ReportMetric(float64(n), "agents")
+}
