@@ -25,8 +25,7 @@ func BenchmarkPlan500(b *testing.B) {
 	}
 	observed := observedFrom(lab.Compile(l, lab.CompileOptions{}))
 	b.ReportAllocs()
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
+	for b.Loop() {
 		l, err := lab.Load(fsys, lab.LoadOptions{})
 		if err != nil {
 			b.Fatal(err)
