@@ -7,12 +7,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/labsync/labsync/gitsource"
 	"github.com/labsync/labsync/lab"
 	"github.com/labsync/labsync/reconciler"
 	"github.com/labsync/labsync/runtime"
@@ -20,6 +22,7 @@ import (
 
 // common holds the flags every lab command shares.
 type common struct {
+	git        gitFlags
 	name       string
 	dockerHost string
 	logLevel   string
@@ -27,7 +30,8 @@ type common struct {
 }
 
 func (c *common) register(fs *flag.FlagSet, docker bool) {
-	fs.StringVar(&c.name, "name", "", "lab name when lab.yaml sets none (default: the folder's name)")
+	fs.StringVar(&c.name, "name", "", "lab name when lab.yaml sets none (default: the folder's or repository's name)")
+	c.git.register(fs)
 	if docker {
 		fs.StringVar(&c.dockerHost, "docker-host", "", "Docker engine address (default: $DOCKER_HOST or the local socket)")
 		fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
@@ -36,6 +40,17 @@ func (c *common) register(fs *flag.FlagSet, docker bool) {
 }
 
 func parse(fs *flag.FlagSet, args []string) (string, error) {
+	path, err := parseArgs(fs, args)
+	if err != nil {
+		return "", err
+	}
+	if fs.NArg() > 0 && fs.Lookup("repo").Value.String() != "" {
+		return "", usageError{errPathAndRepo.Error()}
+	}
+	return path, nil
+}
+
+func parseArgs(fs *flag.FlagSet, args []string) (string, error) {
 	fs.SetOutput(io.Discard)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -63,33 +78,45 @@ func newFlagSet(name, synopsis string) *flag.FlagSet {
 	return fs
 }
 
-// loadLab loads the repository at dir and prints its diagnostics.
-func loadLab(dir string, c *common, stderr io.Writer) (*lab.Lab, error) {
-	info, err := os.Stat(dir)
-	if err != nil {
-		return nil, fmt.Errorf("lab repository: %w", err)
-	}
-	if !info.IsDir() {
-		return nil, fmt.Errorf("lab repository %s is not a folder", dir)
-	}
-	name := c.name
-	if name == "" {
+// loadLab loads the repository (the folder dir, or --repo at --rev) and
+// prints its diagnostics. It returns the revision: the commit, or empty for
+// a folder.
+func loadLab(ctx context.Context, dir string, c *common, stderr io.Writer) (*lab.Lab, string, error) {
+	var fsys fs.FS
+	var name, revision string
+	if c.git.repo != "" {
+		tree, commit, repoName, err := c.git.checkout(ctx)
+		if err != nil {
+			return nil, "", err
+		}
+		fsys, name, revision, dir = tree, repoName, commit, gitsource.Redact(c.git.repo)+"@"+commit[:12]
+	} else {
+		info, err := os.Stat(dir)
+		if err != nil {
+			return nil, "", fmt.Errorf("lab repository: %w", err)
+		}
+		if !info.IsDir() {
+			return nil, "", fmt.Errorf("lab repository %s is not a folder", dir)
+		}
 		abs, _ := filepath.Abs(dir)
-		name = filepath.Base(abs)
+		fsys, name = os.DirFS(dir), filepath.Base(abs)
 	}
-	l, err := lab.Load(os.DirFS(dir), lab.LoadOptions{DefaultName: name})
+	if c.name != "" {
+		name = c.name
+	}
+	l, err := lab.Load(fsys, lab.LoadOptions{DefaultName: name})
 	for _, d := range l.Diagnostics {
 		fmt.Fprintln(stderr, d.String())
 	}
 	if err != nil {
 		errs, warns := l.Diagnostics.Count()
 		fmt.Fprintf(stderr, "%s: %d error(s), %d warning(s)\n", dir, errs, warns)
-		return nil, exitError{1}
+		return nil, "", exitError{1}
 	}
-	return l, nil
+	return l, revision, nil
 }
 
-func runValidate(args []string, stdout, stderr io.Writer) error {
+func runValidate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var c common
 	fs := newFlagSet("validate", "Check a lab repository: every error with file:line. Exit 0 when valid (warnings allowed), 1 when not.")
 	c.register(fs, false)
@@ -97,9 +124,12 @@ func runValidate(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	l, err := loadLab(dir, &c, stderr)
+	l, _, err := loadLab(ctx, dir, &c, stderr)
 	if err != nil {
 		return err
+	}
+	if c.git.repo != "" {
+		dir = gitsource.Redact(c.git.repo)
 	}
 	_, warns := l.Diagnostics.Count()
 	agents, services := 0, 0
@@ -125,7 +155,7 @@ func newLogger(level string, w io.Writer) (*slog.Logger, error) {
 
 // prepare loads and compiles the lab, connects to Docker and observes.
 func prepare(ctx context.Context, dir string, c *common, stderr io.Writer) (*lab.Desired, *runtime.Client, *runtime.Observed, error) {
-	l, err := loadLab(dir, c, stderr)
+	l, revision, err := loadLab(ctx, dir, c, stderr)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -133,7 +163,7 @@ func prepare(ctx context.Context, dir string, c *common, stderr io.Writer) (*lab
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	desired := lab.Compile(l, lab.CompileOptions{})
+	desired := lab.Compile(l, lab.CompileOptions{Revision: revision})
 	rt, err := runtime.New(runtime.Options{Host: c.dockerHost, Logger: log, Secrets: runtime.DirSecrets{Dir: c.secretsDir}})
 	if err != nil {
 		return nil, nil, nil, err

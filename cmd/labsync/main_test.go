@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -89,5 +90,34 @@ func TestPlanWithoutLabYAML(t *testing.T) {
 	}
 	if err := json.Unmarshal([]byte(out), &p); err != nil || p.Lab != name || len(p.Actions) != 3 {
 		t.Fatalf("plan --json = %s (%v)", out, err)
+	}
+}
+
+func TestValidateFromGitRepository(t *testing.T) {
+	gs := testenv.NewGitServer(t, "lab", "tok3n")
+	repo := gs.NewRepo(t, "mylab")
+	good := repo.Commit("one agent", map[string]string{
+		"sut/dut1.conf": "agent_id: dut1\nserver_address: http://tf:8000\njob_queues: [dut1]\n",
+	})
+	repo.Commit("a typo", map[string]string{
+		"sut/dut2.conf": "agent_id: dut2\nserver_address: http://tf:8000\njob_queus: [dut2]\n",
+	})
+	secret := t.TempDir() + "/token"
+	testenv.WriteFiles(t, filepath.Dir(secret), map[string]string{"token": "tok3n\n"})
+	common := []string{"--repo", repo.URL, "--git-username", "lab", "--git-password-file", secret, "--cache-dir", t.TempDir()}
+
+	_, errOut, err := runCmd(t, append([]string{"validate"}, common...)...)
+	if code := exitCode(err, &bytes.Buffer{}); code != 1 || !strings.Contains(errOut, "sut/dut2.conf:3: error: unknown key 'job_queus' (did you mean 'job_queues'?)") {
+		t.Fatalf("validate head: exit %d\n%s", code, errOut)
+	}
+	out, errOut, err := runCmd(t, append([]string{"validate", "--rev", good[:8]}, common...)...)
+	if err != nil || !strings.Contains(out, `lab "mylab" is valid: 1 agent(s)`) {
+		t.Fatalf("validate --rev: %v\n%s%s", err, out, errOut)
+	}
+	if strings.Contains(out+errOut, "tok3n") {
+		t.Error("the token was printed")
+	}
+	if _, _, err := runCmd(t, append([]string{"validate", "somedir"}, common...)...); exitCode(err, &bytes.Buffer{}) != 2 {
+		t.Error("PATH and --repo together are accepted")
 	}
 }
