@@ -194,6 +194,7 @@ func runPlan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	defer rt.Close()
+	defer logCalls(rt, stderr, c.logLevel)
 	p := reconciler.Plan(desired, observed, reconciler.PlanOptions{ForcePrune: forcePrune})
 	if asJSON {
 		enc := json.NewEncoder(stdout)
@@ -222,6 +223,7 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer rt.Close()
+	defer logCalls(rt, stderr, c.logLevel)
 	p := reconciler.Plan(desired, observed, reconciler.PlanOptions{ForcePrune: forcePrune})
 	if err := p.WriteTable(stdout); err != nil {
 		return err
@@ -243,6 +245,14 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return exitError{1}
 	}
 	return nil
+}
+
+// logCalls logs, at debug level, how many Docker API calls the command made.
+func logCalls(rt *runtime.Client, stderr io.Writer, level string) {
+	if log, err := newLogger(level, stderr); err == nil {
+		reads, writes := rt.Calls()
+		log.Debug("docker api calls", "reads", reads, "writes", writes)
+	}
 }
 
 func writeReport(w io.Writer, r *reconciler.Report) {

@@ -77,6 +77,7 @@ Usage:
   labsync validate [flags] [PATH]   check a lab repository; exit 1 when it has errors
   labsync plan [flags] [PATH]       show what apply would change on this Docker host
   labsync apply [flags] [PATH]      converge this Docker host to the lab
+  labsync serve --repo URL [flags]  run the daemon: poll git, take webhooks, converge, serve status
   labsync version                   print the version
 
 PATH is the lab repository's folder (default: the current folder).
@@ -93,6 +94,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runValidate(ctx, args[1:], stdout, stderr)
 	case "plan":
 		return runPlan(ctx, args[1:], stdout, stderr)
+	case "serve":
+		return runServe(ctx, args[1:], stdout, stderr)
 	case "apply":
 		return runApply(ctx, args[1:], stdout, stderr)
 	case "version", "--version":

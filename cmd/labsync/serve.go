@@ -1,0 +1,220 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/robfig/cron/v3"
+	"gopkg.in/yaml.v3"
+
+	"github.com/labsync/labsync/reconciler"
+	"github.com/labsync/labsync/runtime"
+	"github.com/labsync/labsync/server"
+)
+
+type serveFlags struct {
+	common
+	configFile       string
+	dataDir          string
+	listen           string
+	pollInterval     time.Duration
+	driftSchedule    string
+	webhookSecretF   string
+	webhookTokenF    string
+	insecureWebhooks bool
+	forcePrune       bool
+	parallelism      int
+	stopTimeout      time.Duration
+	flapMax          int
+	flapWindow       time.Duration
+	minBackoff       time.Duration
+	maxBackoff       time.Duration
+}
+
+func (f *serveFlags) register(fs *flag.FlagSet) {
+	f.common.register(fs, true)
+	fs.StringVar(&f.configFile, "config", "", "YAML file of flag values (keys are flag names); flags and LABSYNC_* variables win over it")
+	fs.StringVar(&f.dataDir, "data-dir", "/var/lib/labsync", "folder for the git cache and state")
+	fs.StringVar(&f.listen, "listen", ":8080", "HTTP address for webhooks, the API, metrics and the status page")
+	fs.DurationVar(&f.pollInterval, "poll-interval", 60*time.Second, "how often the remote head is checked (jittered 10%); 0 disables polling")
+	fs.StringVar(&f.driftSchedule, "drift-schedule", "@every 15m", "cron schedule of drift checks (robfig/cron syntax, e.g. '*/10 * * * *'); empty disables")
+	fs.StringVar(&f.webhookSecretF, "webhook-secret-file", "", "file with the GitHub webhook secret (or LABSYNC_WEBHOOK_SECRET)")
+	fs.StringVar(&f.webhookTokenF, "webhook-token-file", "", "file with the bearer token of /hooks/generic (or LABSYNC_WEBHOOK_TOKEN)")
+	fs.BoolVar(&f.insecureWebhooks, "insecure-webhooks", false, "serve webhooks without a secret or token (anyone who reaches the port can trigger passes)")
+	fs.BoolVar(&f.forcePrune, "force-prune", false, "remove orphans even when the mass-removal guard trips")
+	fs.IntVar(&f.parallelism, "parallelism", 0, "agents changed at once (default: agents.update.parallelism, 4)")
+	fs.DurationVar(&f.stopTimeout, "stop-timeout", reconciler.DefaultStopTimeout, "time a container gets to stop before it is killed")
+	fs.IntVar(&f.flapMax, "flap-limit", 5, "Docker events of one container that may trigger passes within --flap-window")
+	fs.DurationVar(&f.flapWindow, "flap-window", 10*time.Minute, "window of --flap-limit")
+	fs.DurationVar(&f.minBackoff, "min-backoff", 5*time.Second, "first wait before a failed pass is retried (doubles each time)")
+	fs.DurationVar(&f.maxBackoff, "max-backoff", 5*time.Minute, "longest wait before a failed pass is retried")
+}
+
+// applyEnvAndConfig fills flags not given on the command line from
+// LABSYNC_<FLAG> variables, then from the config file.
+func applyEnvAndConfig(fs *flag.FlagSet, configFile string) error {
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var fromFile map[string]any
+	if configFile != "" {
+		data, err := os.ReadFile(configFile)
+		if err != nil {
+			return fmt.Errorf("config file: %w", err)
+		}
+		if err := yaml.Unmarshal(data, &fromFile); err != nil {
+			return fmt.Errorf("config file %s: %w", configFile, err)
+		}
+		for k := range fromFile {
+			if fs.Lookup(k) == nil || k == "config" {
+				return fmt.Errorf("config file %s: unknown key %q (keys are the flags of labsync serve)", configFile, k)
+			}
+		}
+	}
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		if set[f.Name] || err != nil {
+			return
+		}
+		env := "LABSYNC_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(env); ok {
+			if e := f.Value.Set(v); e != nil {
+				err = fmt.Errorf("%s: %w", env, e)
+			}
+			return
+		}
+		if v, ok := fromFile[f.Name]; ok {
+			if e := f.Value.Set(fmt.Sprint(v)); e != nil {
+				err = fmt.Errorf("config file %s: %s: %w", configFile, f.Name, e)
+			}
+		}
+	})
+	return err
+}
+
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var f serveFlags
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: labsync serve --repo URL [flags]\n\nRun the daemon: poll the lab repository, take webhooks, converge this Docker host,\nand serve status, metrics and an API. Every flag can also be set as LABSYNC_<FLAG>\n(e.g. LABSYNC_POLL_INTERVAL=30s) or in --config. Documentation: docs/operations.md.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	f.register(fs)
+	if _, err := parseArgs(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageError{"serve takes no PATH; give the repository with --repo"}
+	}
+	if err := applyEnvAndConfig(fs, f.configFile); err != nil {
+		return usageError{err.Error()}
+	}
+	if f.git.repo == "" {
+		return usageError{"serve needs --repo (or LABSYNC_REPO)"}
+	}
+	log, err := newLogger(f.logLevel, stderr)
+	if err != nil {
+		return err
+	}
+	secret, err := readSecret(f.webhookSecretF, "LABSYNC_WEBHOOK_SECRET")
+	if err != nil {
+		return err
+	}
+	token, err := readSecret(f.webhookTokenF, "LABSYNC_WEBHOOK_TOKEN")
+	if err != nil {
+		return err
+	}
+	if secret == "" && token == "" && !f.insecureWebhooks {
+		log.Warn("webhooks are off: set --webhook-secret-file (GitHub) or --webhook-token-file (generic), or --insecure-webhooks")
+	}
+	if f.git.cacheDir == "" {
+		f.git.cacheDir = filepath.Join(f.dataDir, "git")
+	}
+	src, err := f.git.open()
+	if err != nil {
+		return err
+	}
+	rt, err := runtime.New(runtime.Options{Host: f.dockerHost, Logger: log, Secrets: runtime.DirSecrets{Dir: f.secretsDir}})
+	if err != nil {
+		return err
+	}
+	defer rt.Close()
+	name := f.name
+	if name == "" {
+		name = strings.TrimSuffix(filepath.Base(strings.TrimRight(strings.ReplaceAll(f.git.repo, ":", "/"), "/")), ".git")
+	}
+
+	var srv *server.Server
+	ctrl := reconciler.NewController(reconciler.ControllerOptions{
+		Source: src, Docker: rt, DefaultName: name,
+		PollInterval: f.pollInterval, MinBackoff: f.minBackoff, MaxBackoff: f.maxBackoff,
+		ForcePrune: f.forcePrune,
+		Apply:      reconciler.ApplyOptions{Parallelism: f.parallelism, StopTimeout: f.stopTimeout},
+		Logger:     log,
+		OnRun:      func(r reconciler.Run) { srv.ObserveRun(r) },
+		Events: func(ctx context.Context, labName string) <-chan runtime.Event {
+			errs := make(chan error, 1)
+			go func() {
+				for {
+					select {
+					case <-ctx.Done():
+						return
+					case err := <-errs:
+						log.Warn("docker event stream broke; reopening", "err", err)
+					}
+				}
+			}()
+			return rt.Events(ctx, labName, errs)
+		},
+		FlapLimit: &reconciler.FlapLimiter{Max: f.flapMax, Window: f.flapWindow},
+	})
+	srv = server.New(server.Options{
+		Status: ctrl, Trigger: ctrl.Trigger, Branch: f.git.branch,
+		WebhookSecret: []byte(secret), WebhookToken: []byte(token), Insecure: f.insecureWebhooks,
+		Ready: rt.Ping, Logger: log,
+	})
+
+	ln, err := net.Listen("tcp", f.listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	httpSrv := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
+	fmt.Fprintf(stdout, "labsync serving %s (branch %s) on http://%s\n", src.URL(), f.git.branch, ln.Addr())
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 2)
+	go func() {
+		if err := httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("http: %w", err)
+		}
+	}()
+	if f.driftSchedule != "" {
+		c := cron.New()
+		if _, err := c.AddFunc(f.driftSchedule, func() { ctrl.Trigger("schedule: drift check") }); err != nil {
+			return usageError{fmt.Sprintf("--drift-schedule %q: %v", f.driftSchedule, err)}
+		}
+		c.Start()
+		defer c.Stop()
+	}
+	go func() { errc <- ctrl.Run(ctx) }()
+
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	cancel()
+	shutdown, stop := context.WithTimeout(context.Background(), 10*time.Second)
+	defer stop()
+	_ = httpSrv.Shutdown(shutdown)
+	log.Info("labsync stopped")
+	return err
+}

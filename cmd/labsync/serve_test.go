@@ -1,0 +1,343 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+
+	"github.com/labsync/labsync/internal/testenv"
+	"github.com/labsync/labsync/runtime"
+	"github.com/labsync/labsync/server"
+)
+
+// daemon is `labsync serve` running in the test process against a git
+// server and the real engine.
+type daemon struct {
+	t      *testing.T
+	url    string
+	cancel context.CancelFunc
+	done   chan error
+	out    *syncBuffer
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func freeAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func startDaemon(t *testing.T, args ...string) *daemon {
+	t.Helper()
+	addr := freeAddr(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	d := &daemon{t: t, url: "http://" + addr, cancel: cancel, done: make(chan error, 1), out: &syncBuffer{}}
+	go func() {
+		d.done <- run(ctx, append([]string{"serve", "--listen", addr, "--log-level", "debug"}, args...), d.out, d.out)
+	}()
+	t.Cleanup(d.stop)
+	testenv.Eventually(t, 60*time.Second, "daemon never became ready", func() bool {
+		resp, err := http.Get(d.url + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	return d
+}
+
+func (d *daemon) stop() {
+	if d.cancel == nil {
+		return
+	}
+	d.cancel()
+	d.cancel = nil
+	select {
+	case err := <-d.done:
+		if err != nil {
+			d.t.Errorf("serve returned %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		d.t.Error("serve did not stop within 60s")
+	}
+	if d.t.Failed() {
+		d.t.Logf("daemon output:\n%s", d.out.String())
+	}
+}
+
+func (d *daemon) getJSON(path string, v any) {
+	d.t.Helper()
+	resp, err := http.Get(d.url + path)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		d.t.Fatalf("%s: %v", path, err)
+	}
+}
+
+func (d *daemon) status() server.StatusView {
+	var s server.StatusView
+	d.getJSON("/api/v1/status", &s)
+	return s
+}
+
+// settle waits until no pass runs and the last one succeeded.
+func (d *daemon) settle() {
+	d.t.Helper()
+	testenv.Eventually(d.t, 60*time.Second, "the daemon did not settle", func() bool {
+		s := d.status()
+		return !s.Passing && s.LastResult == "ok"
+	})
+}
+
+func (d *daemon) runs() []server.RunView {
+	var r []server.RunView
+	d.getJSON("/api/v1/runs", &r)
+	return r
+}
+
+// pushHook posts the real push payload, its ref pointed at ref, signed with
+// secret.
+func pushHook(t *testing.T, url, secret, ref, delivery string) *http.Response {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(testenv.RepoRoot(), "..", "shared", "fixtures", "github-webhooks", "push_payload.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var payload map[string]any
+	if err := json.Unmarshal(raw, &payload); err != nil {
+		t.Fatal(err)
+	}
+	payload["ref"] = ref
+	body, _ := json.Marshal(payload)
+	req, _ := http.NewRequest(http.MethodPost, url+"/hooks/github", bytes.NewReader(body))
+	req.Header.Set("X-GitHub-Event", "push")
+	req.Header.Set("X-GitHub-Delivery", delivery)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-Hub-Signature-256", server.Sign([]byte(secret), body))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp
+}
+
+// gitLab is a lab repository on a git server, for a daemon to follow.
+type gitLab struct {
+	name   string
+	repo   *testenv.Repo
+	rt     *runtime.Client
+	args   []string
+	secret string
+}
+
+func newGitLab(t *testing.T, extraArgs ...string) *gitLab {
+	t.Helper()
+	rt := testenv.Docker(t)
+	image := testenv.StandinImage(t, rt)
+	gs := testenv.NewGitServer(t, "labsync", "git-t0ken")
+	g := &gitLab{name: testenv.Name(t), rt: rt, secret: "hook-s3cret"}
+	testenv.CleanupLab(t, rt, g.name)
+	g.repo = gs.NewRepo(t, "lab")
+	g.repo.Commit("alpha", map[string]string{
+		"lab.yaml":      fmt.Sprintf("name: %[1]s\ncontainer_prefix: %[1]s-\nagents:\n  image:\n    name: %[2]s\n  update:\n    min_uptime: 200ms\n", g.name, image),
+		"sut/alpha.conf": agentConfFor("alpha"),
+	})
+	dir := t.TempDir()
+	testenv.WriteFiles(t, dir, map[string]string{"git-token": "git-t0ken\n", "hook-secret": g.secret + "\n"})
+	g.args = append([]string{
+		"--repo", g.repo.URL, "--git-username", "labsync", "--git-password-file", filepath.Join(dir, "git-token"),
+		"--webhook-secret-file", filepath.Join(dir, "hook-secret"), "--data-dir", filepath.Join(dir, "data"),
+		"--poll-interval", "1h", "--min-backoff", "200ms",
+	}, extraArgs...)
+	return g
+}
+
+func agentConfFor(name string) string {
+	return fmt.Sprintf("agent_id: %[1]s\nserver_address: http://tf:8000\njob_queues: [%[1]s]\npolling_interval: 60\n", name)
+}
+
+func (g *gitLab) containers(t *testing.T) map[string]container.Summary {
+	t.Helper()
+	cs, err := g.rt.API().ContainerList(context.Background(), container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", runtime.LabelLab+"="+g.name))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]container.Summary{}
+	for _, c := range cs {
+		out[strings.TrimPrefix(c.Names[0], "/"+g.name+"-")] = c
+	}
+	return out
+}
+
+func (g *gitLab) waitRunning(t *testing.T, timeout time.Duration, names ...string) {
+	t.Helper()
+	testenv.Eventually(t, timeout, fmt.Sprintf("%v not all running", names), func() bool {
+		cs := g.containers(t)
+		for _, n := range names {
+			if cs[n].State != "running" {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+func TestServeFollowsGitAndWebhooks(t *testing.T) {
+	g := newGitLab(t)
+	d := startDaemon(t, g.args...)
+	g.waitRunning(t, 60*time.Second, "alpha")
+
+	// A pushed commit plus a signed webhook (the poll is an hour away).
+	g.repo.Commit("add beta", map[string]string{"sut/beta.conf": agentConfFor("beta")})
+	if resp := pushHook(t, d.url, g.secret, "refs/heads/main", "delivery-1"); resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("push webhook: %s", resp.Status)
+	}
+	g.waitRunning(t, 60*time.Second, "alpha", "beta")
+	d.settle()
+
+	// A bad signature is refused and triggers nothing.
+	runsBefore := len(d.runs())
+	if resp := pushHook(t, d.url, "wrong-secret", "refs/heads/main", "delivery-2"); resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("bad signature: %s, want 401", resp.Status)
+	}
+	// A replayed delivery is ignored; a push to another ref too.
+	if resp := pushHook(t, d.url, g.secret, "refs/heads/main", "delivery-1"); resp.StatusCode != http.StatusOK {
+		t.Fatalf("replay: %s, want 200 ignored", resp.Status)
+	}
+	if resp := pushHook(t, d.url, g.secret, "refs/tags/simple-tag", "delivery-3"); resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("tag push: %s", resp.Status)
+	}
+	if got := len(d.runs()); got != runsBefore || d.status().Passing {
+		t.Fatalf("runs went from %d to %d after refused deliveries", runsBefore, got)
+	}
+	metrics := get(t, d.url+"/metrics")
+	for _, want := range []string{`labsync_webhook_deliveries_total{result="bad-signature"} 1`, `labsync_webhook_deliveries_total{result="duplicate"} 1`, `labsync_webhook_deliveries_total{result="ignored"} 1`, `labsync_passes_total{result="ok"}`} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+
+	// An invalid commit is reported and not applied.
+	before := g.containers(t)
+	bad := g.repo.Commit("typo", map[string]string{"sut/beta.conf": strings.Replace(agentConfFor("beta"), "job_queues", "job_queus", 1)})
+	pushHook(t, d.url, g.secret, "refs/heads/main", "delivery-4")
+	testenv.Eventually(t, 30*time.Second, "invalid revision not reported", func() bool { return d.status().Invalid == bad })
+	runs := d.runs()
+	if runs[0].Result != "invalid" || len(runs[0].Diagnostics) == 0 || !strings.Contains(runs[0].Diagnostics[0], "sut/beta.conf:3") {
+		t.Errorf("last run = %+v", runs[0])
+	}
+	after := g.containers(t)
+	for _, n := range []string{"alpha", "beta"} {
+		if before[n].ID != after[n].ID || after[n].State != "running" {
+			t.Errorf("%s changed after an invalid commit", n)
+		}
+	}
+	// The fixing commit is applied.
+	g.repo.Commit("fix typo, add gamma", map[string]string{"sut/beta.conf": agentConfFor("beta"), "sut/gamma.conf": agentConfFor("gamma")})
+	pushHook(t, d.url, g.secret, "refs/heads/main", "delivery-5")
+	g.waitRunning(t, 60*time.Second, "alpha", "beta", "gamma")
+	testenv.Eventually(t, 30*time.Second, "invalid revision still reported", func() bool { return d.status().Invalid == "" })
+	if g.containers(t)["beta"].ID != before["beta"].ID {
+		t.Error("beta was recreated, though its file is back to what runs")
+	}
+
+	// Stopped or removed by hand: back within seconds (Docker events).
+	ctx := context.Background()
+	d.settle()
+	cs := g.containers(t)
+	if err := g.rt.StopContainer(ctx, cs["alpha"].ID, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.rt.RemoveContainer(ctx, cs["beta"].ID); err != nil {
+		t.Fatal(err)
+	}
+	g.waitRunning(t, 30*time.Second, "alpha", "beta")
+
+	// A restarted daemon rebuilds its view from labels and changes nothing.
+	d.settle()
+	before = g.containers(t)
+	d.stop()
+	d2 := startDaemon(t, g.args...)
+	testenv.Eventually(t, 30*time.Second, "restarted daemon made no pass", func() bool { return len(d2.runs()) > 0 && !d2.status().Passing })
+	if r := d2.runs()[0]; r.Result != "ok" || r.Actions != 0 {
+		t.Errorf("first pass after restart: %+v, want ok with 0 actions", r)
+	}
+	after = g.containers(t)
+	for n, c := range before {
+		if after[n].ID != c.ID {
+			t.Errorf("%s was recreated by the restarted daemon", n)
+		}
+	}
+}
+
+// With events ignored (flap limit 0), the drift check brings a stopped
+// container back.
+func TestServeDriftCheckRepairs(t *testing.T) {
+	g := newGitLab(t, "--flap-limit", "0", "--drift-schedule", "@every 2s")
+	d := startDaemon(t, g.args...)
+	g.waitRunning(t, 60*time.Second, "alpha")
+	d.settle()
+	if err := g.rt.StopContainer(context.Background(), g.containers(t)["alpha"].ID, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	g.waitRunning(t, 30*time.Second, "alpha")
+	d.settle()
+	found := false
+	for _, r := range d.runs() {
+		for _, tr := range r.Triggers {
+			found = found || tr == "schedule: drift check"
+		}
+	}
+	if !found {
+		t.Error("no pass was triggered by the drift schedule")
+	}
+}
+
+func get(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}

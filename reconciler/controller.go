@@ -1,0 +1,527 @@
+package reconciler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"math/rand/v2"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/labsync/labsync/lab"
+	"github.com/labsync/labsync/runtime"
+)
+
+// Source is the git side of a controller: gitsource.Source is the real one.
+type Source interface {
+	RemoteHead(ctx context.Context) (string, error)
+	LocalHead() string
+	Fetch(ctx context.Context) (string, error)
+	Tree(commit string) (fs.FS, error)
+}
+
+// Docker is the engine side of a controller: runtime.Client is the real one.
+type Docker interface {
+	Engine
+	Observe(ctx context.Context, labName string) (*runtime.Observed, error)
+	Ping(ctx context.Context) error
+}
+
+var _ Docker = (*runtime.Client)(nil)
+
+// ControllerOptions configure a Controller.
+type ControllerOptions struct {
+	Source Source
+	Docker Docker
+	// DefaultName is the lab name when lab.yaml sets none.
+	DefaultName string
+	// PollInterval is how often the remote head is checked; 0 disables
+	// polling. Each wait is jittered by up to 10%.
+	PollInterval time.Duration
+	// MinBackoff and MaxBackoff bound the wait before a failed pass is
+	// retried (doubling, with jitter).
+	MinBackoff, MaxBackoff time.Duration
+	// ForcePrune lets passes remove orphans past the prune guard.
+	ForcePrune bool
+	Apply      ApplyOptions
+	Logger     *slog.Logger
+	// History is the number of runs kept for status (default 50).
+	History int
+	// OnRun is called after every pass with its record.
+	OnRun func(Run)
+	// Events, when set, streams the lab's container events; each die,
+	// destroy or unhealthy event within FlapLimit triggers a pass. The
+	// stream is (re)opened whenever the lab's name becomes known or
+	// changes.
+	Events    func(ctx context.Context, labName string) <-chan runtime.Event
+	FlapLimit *FlapLimiter
+}
+
+// Run is the record of one pass.
+type Run struct {
+	ID       int64         `json:"id"`
+	Triggers []string      `json:"triggers"`
+	Started  time.Time     `json:"started"`
+	Duration time.Duration `json:"duration_ns"`
+	// Revision is the newest revision of the tracked branch; Applied is
+	// the one applied (older when the newest is invalid).
+	Revision string `json:"revision"`
+	Applied  string `json:"applied,omitempty"`
+	// Result is ok, failed (some action did not succeed), invalid (the
+	// newest revision does not validate) or error (the pass could not run).
+	Result      string          `json:"result"`
+	Error       string          `json:"error,omitempty"`
+	Diagnostics lab.Diagnostics `json:"diagnostics,omitempty"`
+	Plan        *Changeset      `json:"plan,omitempty"`
+	Results     []Result        `json:"results,omitempty"`
+	Fetched     bool            `json:"fetched"`
+	FetchTime   time.Duration   `json:"fetch_duration_ns,omitempty"`
+}
+
+// Run results.
+const (
+	ResultOK      = "ok"
+	ResultFailed  = "failed"
+	ResultInvalid = "invalid"
+	ResultError   = "error"
+)
+
+// LabStatus is what a controller knows now.
+type LabStatus struct {
+	Lab        string            `json:"lab"`
+	Revision   string            `json:"revision"`
+	LastGood   string            `json:"last_good_revision,omitempty"`
+	Invalid    string            `json:"invalid_revision,omitempty"`
+	Ready      bool              `json:"ready"`
+	Passing    bool              `json:"passing"`
+	LastRun    *Run              `json:"last_run,omitempty"`
+	LastOK     time.Time         `json:"last_success,omitempty"`
+	Desired    *lab.Desired      `json:"-"`
+	Observed   *runtime.Observed `json:"-"`
+	Plan       *Changeset        `json:"-"`
+	LastErrors map[string]string `json:"-"`
+}
+
+// Controller runs passes: one at a time, whenever triggered, coalescing
+// triggers that arrive during a pass into exactly one more pass.
+type Controller struct {
+	opts ControllerOptions
+	log  *slog.Logger
+	wake chan struct{}
+
+	runCtx      context.Context
+	watching    string
+	stopWatcher context.CancelFunc
+
+	mu       sync.Mutex
+	pending  []string
+	runs     []Run // newest first
+	nextID   int64
+	status   LabStatus
+	failures int
+}
+
+// NewController makes a controller; Run starts it.
+func NewController(opts ControllerOptions) *Controller {
+	if opts.MinBackoff == 0 {
+		opts.MinBackoff = 5 * time.Second
+	}
+	if opts.MaxBackoff == 0 {
+		opts.MaxBackoff = 5 * time.Minute
+	}
+	if opts.History == 0 {
+		opts.History = 50
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Controller{opts: opts, log: opts.Logger, wake: make(chan struct{}, 1), status: LabStatus{Lab: opts.DefaultName, LastErrors: map[string]string{}}}
+}
+
+// Trigger asks for a pass. It never blocks; a trigger during a pass causes
+// exactly one more pass, whatever the number of triggers.
+func (c *Controller) Trigger(reason string) {
+	c.mu.Lock()
+	if len(c.pending) < 20 && !containsString(c.pending, reason) {
+		c.pending = append(c.pending, reason)
+	}
+	c.mu.Unlock()
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+func containsString(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// Status returns a copy of the controller's status.
+func (c *Controller) Status() LabStatus {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.status
+	s.LastErrors = make(map[string]string, len(c.status.LastErrors))
+	for k, v := range c.status.LastErrors {
+		s.LastErrors[k] = v
+	}
+	return s
+}
+
+// Runs returns the recent passes, newest first.
+func (c *Controller) Runs() []Run {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]Run(nil), c.runs...)
+}
+
+// Run runs passes until ctx ends: one at start, then on triggers, on the
+// poll interval and, after a failure, on the backoff.
+func (c *Controller) Run(ctx context.Context) error {
+	c.runCtx = ctx
+	defer func() {
+		if c.stopWatcher != nil {
+			c.stopWatcher()
+		}
+	}()
+	c.Trigger("start")
+	var poll, retry <-chan time.Time
+	resetPoll := func() {
+		if c.opts.PollInterval > 0 {
+			poll = time.After(jitter(c.opts.PollInterval, 0.1))
+		}
+	}
+	resetPoll()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-c.wake:
+		case <-poll:
+			c.addPending("poll")
+			resetPoll()
+		case <-retry:
+			c.addPending("retry")
+		}
+		retry = nil
+		c.mu.Lock()
+		triggers := c.pending
+		c.pending = nil
+		c.mu.Unlock()
+		if len(triggers) == 0 {
+			continue
+		}
+		run := c.pass(ctx, triggers)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if run.Result == ResultError || run.Result == ResultFailed {
+			c.failures++
+			d := c.backoff(c.failures)
+			c.log.Info("pass will be retried", "after", d.Round(time.Millisecond), "failures", c.failures)
+			retry = time.After(d)
+		} else {
+			c.failures = 0
+		}
+	}
+}
+
+func (c *Controller) addPending(reason string) {
+	c.mu.Lock()
+	if !containsString(c.pending, reason) {
+		c.pending = append(c.pending, reason)
+	}
+	c.mu.Unlock()
+}
+
+// backoff doubles from MinBackoff up to MaxBackoff, with jitter of ±20%.
+func (c *Controller) backoff(failures int) time.Duration {
+	d := c.opts.MinBackoff
+	for i := 1; i < failures && d < c.opts.MaxBackoff; i++ {
+		d *= 2
+	}
+	return jitter(min(d, c.opts.MaxBackoff), 0.2)
+}
+
+func jitter(d time.Duration, frac float64) time.Duration {
+	return time.Duration(float64(d) * (1 - frac + 2*frac*rand.Float64()))
+}
+
+// pass is one reconcile: revision, desired state, observe, plan, apply.
+// Its record is always written, whatever the exit path.
+func (c *Controller) pass(ctx context.Context, triggers []string) (run Run) {
+	c.mu.Lock()
+	c.nextID++
+	run = Run{ID: c.nextID, Triggers: triggers, Started: time.Now()}
+	c.status.Passing = true
+	c.mu.Unlock()
+	log := c.log.With("run_id", run.ID)
+	log.Info("pass started", "triggers", strings.Join(triggers, ", "))
+	defer func() {
+		run.Duration = time.Since(run.Started)
+		c.record(run)
+		log.Info("pass finished", "result", run.Result, "revision", short(run.Revision), "applied", short(run.Applied), "duration", run.Duration.Round(time.Millisecond), "err", run.Error)
+		if c.opts.OnRun != nil {
+			c.opts.OnRun(run)
+		}
+	}()
+	for _, step := range []func(context.Context, *Run) error{c.stepRevision, c.stepDesired, c.stepConverge} {
+		if err := step(ctx, &run); err != nil {
+			if errors.Is(err, errStop) {
+				return run
+			}
+			run.Result, run.Error = ResultError, err.Error()
+			return run
+		}
+	}
+	return run
+}
+
+// errStop ends a pass early without it being an error.
+var errStop = errors.New("stop")
+
+func short(rev string) string {
+	if len(rev) > 12 {
+		return rev[:12]
+	}
+	return rev
+}
+
+// stepRevision finds the newest revision: a cheap head check, and a fetch
+// only when the head moved.
+func (c *Controller) stepRevision(ctx context.Context, run *Run) error {
+	src := c.opts.Source
+	head, err := src.RemoteHead(ctx)
+	local := src.LocalHead()
+	switch {
+	case err != nil && local == "":
+		return fmt.Errorf("repository unreachable and never fetched: %w", err)
+	case err != nil:
+		// The remote is down: keep the host at the last revision.
+		c.log.Warn("repository unreachable; keeping the last fetched revision", "err", err)
+	case head != local:
+		start := time.Now()
+		if _, err := src.Fetch(ctx); err != nil {
+			if local == "" {
+				return err
+			}
+			c.log.Warn("fetch failed; keeping the last fetched revision", "err", err)
+		}
+		run.Fetched, run.FetchTime = true, time.Since(start)
+	}
+	run.Revision = src.LocalHead()
+	c.mu.Lock()
+	c.status.Revision = run.Revision
+	c.status.Ready = true
+	c.mu.Unlock()
+	return nil
+}
+
+// stepDesired loads and compiles the newest revision, unless it is the one
+// already compiled or one that already failed validation. An invalid
+// revision leaves the last good desired state in force.
+func (c *Controller) stepDesired(ctx context.Context, run *Run) error {
+	c.mu.Lock()
+	st := c.status
+	c.mu.Unlock()
+	rev := run.Revision
+	switch rev {
+	case st.LastGood:
+	case st.Invalid:
+		run.Result = ResultInvalid
+		run.Error = fmt.Sprintf("revision %s is invalid (not retried); %s", short(rev), lastGoodNote(st.LastGood))
+		if run.Diagnostics = c.lastDiagnostics(rev); st.Desired == nil {
+			return errStop
+		}
+	default:
+		tree, err := c.opts.Source.Tree(rev)
+		if err != nil {
+			return err
+		}
+		l, err := lab.Load(tree, lab.LoadOptions{DefaultName: c.opts.DefaultName})
+		run.Diagnostics = l.Diagnostics
+		var verr *lab.ValidationError
+		if errors.As(err, &verr) {
+			c.mu.Lock()
+			c.status.Invalid = rev
+			c.mu.Unlock()
+			run.Result, run.Error = ResultInvalid, fmt.Sprintf("revision %s is invalid: %s; %s", short(rev), strings.TrimPrefix(err.Error(), "invalid lab: "), lastGoodNote(st.LastGood))
+			if st.Desired == nil {
+				return errStop
+			}
+			break
+		}
+		if err != nil {
+			return err
+		}
+		d := lab.Compile(l, lab.CompileOptions{Revision: rev})
+		c.mu.Lock()
+		c.status.Lab, c.status.Desired, c.status.LastGood, c.status.Invalid = d.Lab, d, rev, ""
+		c.mu.Unlock()
+		c.watch(d.Lab)
+	}
+	return nil
+}
+
+func lastGoodNote(lastGood string) string {
+	if lastGood == "" {
+		return "nothing is applied until a valid revision arrives"
+	}
+	return "the host stays at " + short(lastGood)
+}
+
+func (c *Controller) lastDiagnostics(rev string) lab.Diagnostics {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, r := range c.runs {
+		if r.Revision == rev && len(r.Diagnostics) > 0 {
+			return r.Diagnostics
+		}
+	}
+	return nil
+}
+
+// stepConverge observes the host, plans against the desired state in force
+// and applies the plan.
+func (c *Controller) stepConverge(ctx context.Context, run *Run) error {
+	c.mu.Lock()
+	desired := c.status.Desired
+	c.mu.Unlock()
+	run.Applied = desired.Revision
+	obs, err := c.opts.Docker.Observe(ctx, desired.Lab)
+	if err != nil {
+		return err
+	}
+	plan := Plan(desired, obs, PlanOptions{ForcePrune: c.opts.ForcePrune})
+	run.Plan = plan
+	if run.Result == "" {
+		run.Result = ResultOK
+	}
+	if !plan.Empty() {
+		opts := c.opts.Apply
+		opts.Logger = c.log.With("run_id", run.ID)
+		report := Apply(ctx, c.opts.Docker, plan, opts)
+		run.Results = report.Results
+		if report.Failed() > 0 && run.Result == ResultOK {
+			run.Result = ResultFailed
+			run.Error = fmt.Sprintf("%d of %d action(s) did not succeed", report.Failed(), len(report.Results))
+		}
+		if obs, err = c.opts.Docker.Observe(ctx, desired.Lab); err != nil {
+			return err
+		}
+	}
+	c.mu.Lock()
+	c.status.Observed = obs
+	c.status.Plan = plan
+	for _, r := range run.Results {
+		key := r.Action.ObjectKind + "/" + r.Action.Object
+		if r.Status == StatusOK {
+			delete(c.status.LastErrors, key)
+		} else {
+			c.status.LastErrors[key] = r.Error
+		}
+	}
+	if run.Result == ResultOK {
+		c.status.LastOK = time.Now()
+	}
+	c.mu.Unlock()
+	return nil
+}
+
+func (c *Controller) record(run Run) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.status.Passing = false
+	r := run
+	c.status.LastRun = &r
+	c.runs = append([]Run{run}, c.runs...)
+	if len(c.runs) > c.opts.History {
+		c.runs = c.runs[:c.opts.History]
+	}
+}
+
+// FlapLimiter drops events of an object that triggered more than Max
+// passes within Window, so a crash-looping container cannot keep the
+// controller busy.
+type FlapLimiter struct {
+	Max    int
+	Window time.Duration
+
+	mu   sync.Mutex
+	seen map[string][]time.Time
+}
+
+// Allow reports whether an event of object at now may trigger a pass.
+func (f *FlapLimiter) Allow(object string, now time.Time) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.seen == nil {
+		f.seen = map[string][]time.Time{}
+	}
+	recent := f.seen[object][:0]
+	for _, t := range f.seen[object] {
+		if now.Sub(t) < f.Window {
+			recent = append(recent, t)
+		}
+	}
+	if len(recent) >= f.Max {
+		f.seen[object] = recent
+		return false
+	}
+	f.seen[object] = append(recent, now)
+	return true
+}
+
+// watch (re)opens the event stream for labName. Only Run's goroutine
+// calls it.
+func (c *Controller) watch(labName string) {
+	if c.opts.Events == nil || c.runCtx == nil || labName == c.watching {
+		return
+	}
+	if c.stopWatcher != nil {
+		c.stopWatcher()
+	}
+	ctx, cancel := context.WithCancel(c.runCtx)
+	c.watching, c.stopWatcher = labName, cancel
+	limit := c.opts.FlapLimit
+	if limit == nil {
+		limit = &FlapLimiter{Max: 5, Window: 10 * time.Minute}
+	}
+	go c.WatchEvents(c.opts.Events(ctx, labName), limit)
+}
+
+// WatchEvents triggers a pass for each die, destroy or unhealthy event of a
+// managed container, within the flap limit, until events closes.
+func (c *Controller) WatchEvents(events <-chan runtime.Event, limit *FlapLimiter) {
+	for e := range events {
+		key := e.Kind + "/" + e.Object
+		if !limit.Allow(key, time.Now()) {
+			c.log.Warn("event ignored: flap limit reached", "object", key, "action", e.Action)
+			continue
+		}
+		c.Trigger(fmt.Sprintf("docker: %s %s", e.Name, e.Action))
+	}
+}
+
+// SortedErrors returns the last error of each object, sorted by object.
+func (s LabStatus) SortedErrors() [][2]string {
+	keys := make([]string, 0, len(s.LastErrors))
+	for k := range s.LastErrors {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	out := make([][2]string, len(keys))
+	for i, k := range keys {
+		out[i] = [2]string{k, s.LastErrors[k]}
+	}
+	return out
+}

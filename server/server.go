@@ -1,0 +1,328 @@
+// Package server is labsync's HTTP face: GitHub and generic webhooks that
+// trigger passes, health and readiness probes, Prometheus metrics, a JSON
+// API and a server-rendered status page. It never changes Docker itself.
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/labsync/labsync/lab"
+	"github.com/labsync/labsync/reconciler"
+)
+
+// StatusSource is what the server reads: the controller.
+type StatusSource interface {
+	Status() reconciler.LabStatus
+	Runs() []reconciler.Run
+}
+
+// Options configure a Server.
+type Options struct {
+	Status  StatusSource
+	Trigger func(reason string)
+	// Branch is the tracked branch; pushes to others are ignored.
+	Branch string
+	// WebhookSecret checks GitHub signatures; WebhookToken is the bearer
+	// token of /hooks/generic. Webhooks are served only when a secret is
+	// set, or when Insecure allows them without.
+	WebhookSecret []byte
+	WebhookToken  []byte
+	Insecure      bool
+	// Ready checks the dependencies of /readyz besides the first fetch
+	// (Docker reachable).
+	Ready  func(ctx context.Context) error
+	Logger *slog.Logger
+}
+
+// Server serves labsync's HTTP endpoints.
+type Server struct {
+	opts    Options
+	log     *slog.Logger
+	mux     *http.ServeMux
+	seen    deliveries
+	metrics *metrics
+}
+
+// New builds the server and registers its metrics.
+func New(opts Options) *Server {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{opts: opts, log: opts.Logger, mux: http.NewServeMux(), seen: deliveries{max: 1000}, metrics: newMetrics()}
+	webhooks := len(opts.WebhookSecret) > 0 || opts.Insecure
+	if webhooks {
+		s.mux.HandleFunc("POST /hooks/github", s.handleGitHub)
+	}
+	if len(opts.WebhookToken) > 0 || opts.Insecure {
+		s.mux.HandleFunc("POST /hooks/generic", s.handleGeneric)
+	}
+	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
+	s.mux.HandleFunc("GET /readyz", s.handleReady)
+	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
+	s.mux.HandleFunc("GET /api/v1/status", s.handleStatus)
+	s.mux.HandleFunc("GET /api/v1/agents", s.handleAgents)
+	s.mux.HandleFunc("GET /api/v1/runs", s.handleRuns)
+	s.mux.HandleFunc("GET /api/v1/plan", s.handlePlan)
+	s.mux.HandleFunc("POST /api/v1/sync", s.handleSync)
+	s.mux.HandleFunc("GET /{$}", s.handlePage)
+	return s
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+func (s *Server) webhook(result string) { s.metrics.webhooks.WithLabelValues(result).Inc() }
+
+func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
+	st := s.opts.Status.Status()
+	if !st.Ready {
+		http.Error(w, "not ready: the repository was not fetched yet", http.StatusServiceUnavailable)
+		return
+	}
+	if s.opts.Ready != nil {
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		if err := s.opts.Ready(ctx); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+	}
+	w.Write([]byte("ready\n"))
+}
+
+func (s *Server) handleSync(w http.ResponseWriter, r *http.Request) {
+	s.opts.Trigger("api: sync")
+	writeJSON(w, http.StatusAccepted, hookReply{Status: "accepted", Detail: "a pass is queued"})
+}
+
+// StatusView is the JSON of /api/v1/status.
+type StatusView struct {
+	Lab         string    `json:"lab"`
+	Revision    string    `json:"revision"`
+	LastGood    string    `json:"last_good_revision,omitempty"`
+	Invalid     string    `json:"invalid_revision,omitempty"`
+	Ready       bool      `json:"ready"`
+	Passing     bool      `json:"passing"`
+	LastResult  string    `json:"last_result,omitempty"`
+	LastError   string    `json:"last_error,omitempty"`
+	LastRun     time.Time `json:"last_run,omitempty"`
+	LastSuccess time.Time `json:"last_success,omitempty"`
+	Agents      int       `json:"agents"`
+	Services    int       `json:"services"`
+	Drifted     int       `json:"drifted"`
+}
+
+func statusView(st reconciler.LabStatus) StatusView {
+	v := StatusView{Lab: st.Lab, Revision: st.Revision, LastGood: st.LastGood, Invalid: st.Invalid, Ready: st.Ready, Passing: st.Passing, LastSuccess: st.LastOK}
+	if r := st.LastRun; r != nil {
+		v.LastResult, v.LastError, v.LastRun = r.Result, r.Error, r.Started
+	}
+	for _, o := range objectsView(st) {
+		if o.Kind == string(lab.KindAgent) {
+			v.Agents++
+		} else {
+			v.Services++
+		}
+		if o.Drift != "" {
+			v.Drifted++
+		}
+	}
+	return v
+}
+
+func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, statusView(s.opts.Status.Status()))
+}
+
+// ObjectView is one agent or service in /api/v1/agents and on the page.
+type ObjectView struct {
+	Name      string `json:"name"`
+	Kind      string `json:"kind"`
+	Container string `json:"container"`
+	State     string `json:"state"`
+	Status    string `json:"status,omitempty"`
+	Health    string `json:"health,omitempty"`
+	// Drift is what the last plan wanted to do about the object, if
+	// anything: create, recreate, start, remove.
+	Drift     string `json:"drift,omitempty"`
+	Reason    string `json:"reason,omitempty"`
+	Revision  string `json:"revision,omitempty"`
+	LastError string `json:"last_error,omitempty"`
+	Image     string `json:"image,omitempty"`
+}
+
+func objectsView(st reconciler.LabStatus) []ObjectView {
+	byKey := map[string]*ObjectView{}
+	var order []string
+	get := func(kind, name string) *ObjectView {
+		k := kind + "/" + name
+		if o := byKey[k]; o != nil {
+			return o
+		}
+		o := &ObjectView{Name: name, Kind: kind, State: "missing"}
+		byKey[k] = o
+		order = append(order, k)
+		return o
+	}
+	if st.Desired != nil {
+		for _, c := range st.Desired.Containers {
+			o := get(string(c.Kind), c.Name)
+			o.Container, o.Image = c.ContainerName, c.Image
+		}
+	}
+	if st.Observed != nil {
+		for _, c := range st.Observed.Containers {
+			if c.Aside {
+				continue
+			}
+			o := get(string(c.Kind), c.Object)
+			o.Container, o.State, o.Status, o.Health, o.Revision, o.Image = c.Name, c.State, c.Status, c.Health, c.Revision, c.Image
+		}
+	}
+	if st.Plan != nil {
+		for _, a := range st.Plan.Actions {
+			if a.ObjectKind != string(lab.KindAgent) && a.ObjectKind != string(lab.KindService) {
+				continue
+			}
+			o := get(a.ObjectKind, a.Object)
+			o.Drift = string(a.Kind)
+			o.Reason = strings.Join(a.Reasons, "; ")
+		}
+	}
+	for k, e := range st.LastErrors {
+		if o := byKey[k]; o != nil {
+			o.LastError = e
+		}
+	}
+	out := make([]ObjectView, 0, len(order))
+	for _, k := range order {
+		out = append(out, *byKey[k])
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Kind != out[j].Kind {
+			return out[i].Kind == string(lab.KindService)
+		}
+		return out[i].Name < out[j].Name
+	})
+	return out
+}
+
+func (s *Server) handleAgents(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, objectsView(s.opts.Status.Status()))
+}
+
+// RunView is one pass in /api/v1/runs.
+type RunView struct {
+	ID          int64     `json:"id"`
+	Started     time.Time `json:"started"`
+	DurationMS  int64     `json:"duration_ms"`
+	Triggers    []string  `json:"triggers"`
+	Revision    string    `json:"revision"`
+	Applied     string    `json:"applied,omitempty"`
+	Result      string    `json:"result"`
+	Error       string    `json:"error,omitempty"`
+	Actions     int       `json:"actions"`
+	Failed      int       `json:"failed"`
+	Diagnostics []string  `json:"diagnostics,omitempty"`
+}
+
+func runViews(runs []reconciler.Run) []RunView {
+	out := make([]RunView, 0, len(runs))
+	for _, r := range runs {
+		v := RunView{ID: r.ID, Started: r.Started, DurationMS: r.Duration.Milliseconds(), Triggers: r.Triggers, Revision: r.Revision, Applied: r.Applied, Result: r.Result, Error: r.Error}
+		if r.Plan != nil {
+			v.Actions = len(r.Plan.Actions)
+		}
+		for _, res := range r.Results {
+			if res.Status != reconciler.StatusOK {
+				v.Failed++
+			}
+		}
+		for _, d := range r.Diagnostics {
+			if d.Severity == lab.SeverityError {
+				v.Diagnostics = append(v.Diagnostics, d.String())
+			}
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+func (s *Server) handleRuns(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, runViews(s.opts.Status.Runs()))
+}
+
+func (s *Server) handlePlan(w http.ResponseWriter, r *http.Request) {
+	st := s.opts.Status.Status()
+	if st.Plan == nil {
+		writeJSON(w, http.StatusNotFound, hookReply{Status: "none", Detail: "no pass has planned yet"})
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(st.Plan)
+}
+
+// ObserveRun updates the metrics after a pass.
+func (s *Server) ObserveRun(run reconciler.Run) {
+	m := s.metrics
+	m.passDuration.Observe(run.Duration.Seconds())
+	m.passes.WithLabelValues(run.Result).Inc()
+	if run.Fetched {
+		m.fetchDuration.Observe(run.FetchTime.Seconds())
+	}
+	st := s.opts.Status.Status()
+	if !st.LastOK.IsZero() {
+		m.lastSuccess.Set(float64(st.LastOK.Unix()))
+	}
+	drifted := 0
+	if run.Plan != nil {
+		drifted = len(run.Plan.Actions)
+	}
+	m.drifted.Set(float64(drifted))
+	m.containers.Reset()
+	if st.Observed != nil {
+		for _, c := range st.Observed.Containers {
+			m.containers.WithLabelValues(c.State).Inc()
+		}
+	}
+}
+
+type metrics struct {
+	reg           *prometheus.Registry
+	passDuration  prometheus.Histogram
+	passes        *prometheus.CounterVec
+	lastSuccess   prometheus.Gauge
+	drifted       prometheus.Gauge
+	containers    *prometheus.GaugeVec
+	webhooks      *prometheus.CounterVec
+	fetchDuration prometheus.Histogram
+}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		passDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "labsync_pass_duration_seconds", Help: "Duration of reconcile passes.",
+			Buckets: []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300}}),
+		passes:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "labsync_passes_total", Help: "Reconcile passes by result (ok, failed, invalid, error)."}, []string{"result"}),
+		lastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{Name: "labsync_last_success_timestamp_seconds", Help: "Unix time of the last pass that converged the host."}),
+		drifted:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "labsync_drifted_objects", Help: "Actions the last pass planned (objects that differed from the lab)."}),
+		containers:  prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "labsync_managed_containers", Help: "Managed containers by Docker state, after the last pass."}, []string{"state"}),
+		webhooks:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "labsync_webhook_deliveries_total", Help: "Webhook deliveries by result."}, []string{"result"}),
+		fetchDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "labsync_git_fetch_duration_seconds", Help: "Duration of git fetches (only when the remote head moved).",
+			Buckets: []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}}),
+	}
+	m.reg.MustRegister(m.passDuration, m.passes, m.lastSuccess, m.drifted, m.containers, m.webhooks, m.fetchDuration,
+		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	return m
+}
