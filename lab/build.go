@@ -47,7 +47,11 @@ type ContextFile struct {
 // labsync/<lab>/<context folder>:<digest>. Services that share a context
 // share the image.
 func (b *BuildContext) Tag(lab string) string {
-	return fmt.Sprintf("labsync/%s/%s:%s", sanitizeRef(lab), sanitizeRef(b.Dir), b.Digest[:12])
+	dir := sanitizeRef(b.Dir)
+	if dir == "" {
+		dir = "root"
+	}
+	return fmt.Sprintf("labsync/%s/%s:%s", sanitizeRef(lab), dir, b.Digest[:12])
 }
 
 func sanitizeRef(s string) string {
@@ -73,6 +77,10 @@ func (l *Lab) loadBuild(where string, line int, name, dir, dockerfile string, ar
 	}
 	if !safePath(dockerfile) {
 		l.d.errorf(where, line, "dockerfile %q must be a relative path inside the build context", dockerfile)
+		return nil
+	}
+	if e, err := l.entry(dir); err == nil && e.Type()&fs.ModeSymlink != 0 {
+		l.d.errorf(where, line, "build context %s is a symbolic link; labsync does not follow links, commit the folder itself", dir)
 		return nil
 	}
 	b := &BuildContext{Name: name, Dir: dir, Dockerfile: path.Clean(dockerfile), Args: args}
@@ -118,9 +126,15 @@ func contextFiles(fsys fs.FS, dir, dockerfile string) ([]ContextFile, error) {
 		if err != nil {
 			return err
 		}
-		rel := strings.TrimPrefix(strings.TrimPrefix(p, dir), "/")
-		if rel == "" {
+		if p == dir {
+			if d.Type()&fs.ModeSymlink != 0 {
+				return fmt.Errorf("%s is a symbolic link; labsync does not follow links", dir)
+			}
 			return nil
+		}
+		rel := p
+		if dir != "." {
+			rel = strings.TrimPrefix(p, dir+"/")
 		}
 		always := rel == dockerfile || rel == ".dockerignore"
 		if !always {

@@ -2,6 +2,7 @@ package lab
 
 import (
 	"fmt"
+	"net"
 	"path"
 	"sort"
 	"strings"
@@ -189,6 +190,7 @@ func (l *Lab) compileAgent(s *SUT) ContainerSpec {
 		Memory:        int64(cfg.Memory),
 		Labels:        copyMap(cfg.Labels),
 		Secrets:       copyMap(cfg.Secrets),
+		Device:        normalizeDevice(s.DeviceIP),
 	}
 	switch {
 	case o.Image != "":
@@ -298,7 +300,7 @@ func (l *Lab) compileService(svc *Service) ContainerSpec {
 		c.Env = copyMap(svc.Env)
 	}
 	for _, mf := range svc.Files {
-		c.Files = append(c.Files, FileSpec{Path: mf.Target, Mode: 0o644, Content: mf.File.Data, Source: mf.File.Path})
+		c.Files = append(c.Files, FileSpec{Path: mf.Target, Mode: mf.Mode, Content: mf.File.Data, Source: mf.File.Path})
 		c.Sources = append(c.Sources, mf.File.Path)
 	}
 	for _, v := range sc.Volumes {
@@ -354,10 +356,24 @@ func (l *Lab) compileService(svc *Service) ContainerSpec {
 
 // normalizeTest turns a Compose test string into Docker's list form.
 func normalizeTest(t types.HealthCheckTest) []string {
-	if len(t) == 1 {
+	if len(t) == 1 && t[0] != "NONE" {
 		return []string{"CMD-SHELL", t[0]}
 	}
 	return []string(t)
+}
+
+// hasHealthcheck reports whether a Compose healthcheck really checks.
+func hasHealthcheck(hc *types.HealthCheckConfig) bool {
+	return hc != nil && !hc.Disable && len(hc.Test) > 0 && hc.Test[0] != "NONE"
+}
+
+// normalizeDevice makes device addresses comparable: lower case, and IP
+// addresses in canonical form.
+func normalizeDevice(s string) string {
+	if ip := net.ParseIP(strings.TrimSpace(s)); ip != nil {
+		return ip.String()
+	}
+	return strings.ToLower(strings.TrimSpace(s))
 }
 
 func dur(d *types.Duration) time.Duration {
@@ -374,14 +390,17 @@ func retries(r *uint64) int {
 	return int(*r)
 }
 
+// expand replaces {var} placeholders in one pass, so the result never
+// depends on the order of vars.
 func expand(s string, vars map[string]string) string {
 	if !strings.Contains(s, "{") {
 		return s
 	}
-	for k, v := range vars {
-		s = strings.ReplaceAll(s, "{"+k+"}", v)
+	pairs := make([]string, 0, 2*len(vars))
+	for _, k := range sortedKeys(vars) {
+		pairs = append(pairs, "{"+k+"}", vars[k])
 	}
-	return s
+	return strings.NewReplacer(pairs...).Replace(s)
 }
 
 func orDefault(s, def string) string {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io/fs"
 	"path"
 	"regexp"
 	"sort"
@@ -47,6 +48,7 @@ type Service struct {
 // MountedFile is a repository file that a service mounts.
 type MountedFile struct {
 	Target string
+	Mode   int64
 	File   *SourceFile
 }
 
@@ -221,8 +223,8 @@ func (l *Lab) loadStack() {
 		case "services":
 			for _, p := range yamlcheck.Pairs(v) {
 				serviceLines[p.Key] = p.KeyN.Line
-				if !validName.MatchString(p.Key) {
-					l.d.errorf(file, p.KeyN.Line, "service name %q is not valid; use letters, digits, '.', '_' and '-'", p.Key)
+				if !validName.MatchString(p.Key) || strings.HasSuffix(p.Key, AsideSuffix) {
+					l.d.errorf(file, p.KeyN.Line, "service name %q is not valid; use letters, digits, '.', '_' and '-' (not ending in %s)", p.Key, AsideSuffix)
 				}
 				envFiles[p.Key] = l.takeEnvFiles(file, p.Value)
 			}
@@ -508,6 +510,9 @@ func (l *Lab) checkService(file, dir string, svc *Service, st *Stack) {
 			}
 			l.mountRepoPath(file, svc, path.Clean(rel), v.Target)
 		case types.VolumeTypeVolume, "":
+			if v.Source == "" {
+				l.d.errorf(file, svc.Line, "service '%s': anonymous volume %s is lost at every recreate; name it (e.g. data:%s) and declare it under volumes:", svc.Name, v.Target, v.Target)
+			}
 		default:
 			l.d.errorf(file, svc.Line, "service '%s': volume type %q is not supported; use volume or bind", svc.Name, v.Type)
 		}
@@ -522,14 +527,22 @@ func (l *Lab) mountRepoPath(file string, svc *Service, rel, target string) {
 		l.d.errorf(file, svc.Line, "service '%s': bind mount source %s is not in the repository; labsync copies repository files into the container, so commit it", svc.Name, rel)
 		return
 	}
-	add := func(p, t string) {
+	add := func(p, t string, mode fs.FileMode) {
 		data, ok := l.readOptional(p)
 		if ok {
-			svc.Files = append(svc.Files, MountedFile{Target: t, File: &SourceFile{Path: p, Data: data}})
+			m := int64(0o644)
+			if mode.Perm()&0o111 != 0 {
+				m = 0o755
+			}
+			svc.Files = append(svc.Files, MountedFile{Target: t, Mode: m, File: &SourceFile{Path: p, Data: data}})
 		}
 	}
 	if !e.IsDir() {
-		add(rel, target)
+		var mode fs.FileMode
+		if info, err := e.Info(); err == nil {
+			mode = info.Mode()
+		}
+		add(rel, target, mode)
 		return
 	}
 	files, err := contextFiles(l.fsys, rel, "")
@@ -538,7 +551,7 @@ func (l *Lab) mountRepoPath(file string, svc *Service, rel, target string) {
 		return
 	}
 	for _, f := range files {
-		add(path.Join(rel, f.Path), path.Join(target, f.Path))
+		add(path.Join(rel, f.Path), path.Join(target, f.Path), f.Mode)
 	}
 }
 
@@ -562,7 +575,7 @@ func (l *Lab) checkDependencies(file string, st *Stack) {
 			if d.Condition == types.ServiceConditionCompletedSuccessfully {
 				l.d.errorf(file, s.Line, "service '%s': condition service_completed_successfully is not supported by labsync; use service_started or service_healthy", s.Name)
 			}
-			if d.Condition == types.ServiceConditionHealthy && (target.Config.HealthCheck == nil || target.Config.HealthCheck.Disable) {
+			if d.Condition == types.ServiceConditionHealthy && !hasHealthcheck(target.Config.HealthCheck) {
 				l.d.errorf(file, s.Line, "service '%s' waits for '%s' to be healthy, but '%s' has no healthcheck; add one or use service_started", s.Name, dep, dep)
 			}
 		}

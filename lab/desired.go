@@ -18,6 +18,10 @@ const (
 	KindService Kind = "service"
 )
 
+// AsideSuffix ends the name of a container that a recreate has stopped and
+// set aside; no lab object may end with it.
+const AsideSuffix = ".labsync-old"
+
 // SchemaVersion is stamped on every managed object; it changes when the
 // meaning of the spec hash changes.
 const SchemaVersion = "1"
@@ -118,6 +122,9 @@ type ContainerSpec struct {
 	Tty           bool                `json:"tty,omitempty"`
 	StdinOpen     bool                `json:"stdin_open,omitempty"`
 
+	// Device is the agent's device address (device_ip), stamped as a
+	// label so that no two agents ever drive one device.
+	Device string `json:"-"`
 	// DependsOn orders services at apply; it does not change the container.
 	DependsOn []Dependency `json:"-"`
 	// Sources are the repository files that define the container.

@@ -375,6 +375,10 @@ func (l *Lab) agentsDir() string {
 
 func (l *Lab) loadSUTs() {
 	dir := l.agentsDir()
+	if e, err := l.entry(dir); err == nil && e.Type()&fs.ModeSymlink != 0 {
+		l.d.errorf(dir, 0, "is a symbolic link; labsync does not follow links, commit the folder itself")
+		return
+	}
 	ents, err := fs.ReadDir(l.fsys, dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return
@@ -403,8 +407,8 @@ func (l *Lab) loadSUTs() {
 			l.d.warnf(file, 0, "stray file ignored; %s/ holds <name>.conf, <name>_snappy.yaml, <name>.yaml and <name>.lab.yaml", dir)
 			continue
 		}
-		if !validName.MatchString(name) {
-			l.d.errorf(file, 0, "SUT name %q is not valid; use letters, digits, '.', '_' and '-', start with a letter or digit, at most 63 characters", name)
+		if !validName.MatchString(name) || strings.HasSuffix(name, AsideSuffix) {
+			l.d.errorf(file, 0, "SUT name %q is not valid; use letters, digits, '.', '_' and '-', start with a letter or digit, at most 63 characters, not ending in %s", name, AsideSuffix)
 			continue
 		}
 		data, ok := l.readEntry(file, e)
@@ -516,11 +520,11 @@ func (l *Lab) crossCheck() {
 				ids[s.Agent.AgentID] = s
 			}
 		}
-		if s.DeviceIP != "" && s.Enabled() {
-			if o := ips[s.DeviceIP]; o != nil {
+		if dev := normalizeDevice(s.DeviceIP); dev != "" && s.Enabled() {
+			if o := ips[dev]; o != nil {
 				l.d.errorf(s.Connector.Path, lineOfData(s.Connector.Data, "device_ip"), "device_ip %s is also used by %s; two agents must never drive one device", s.DeviceIP, o.Connector.Path)
 			} else {
-				ips[s.DeviceIP] = s
+				ips[dev] = s
 			}
 		}
 		if s.Override != nil && s.OverrideFile != nil {

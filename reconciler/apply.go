@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sort"
 	"sync"
 	"time"
 
@@ -25,6 +26,8 @@ type Engine interface {
 	RenameContainer(ctx context.Context, id, name string) error
 	RemoveContainer(ctx context.Context, id string) error
 	WaitRunning(ctx context.Context, id string, o runtime.WaitOptions) error
+	SetRestartPolicy(ctx context.Context, id, policy string) error
+	Preflight(ctx context.Context, spec *lab.ContainerSpec, asideName string) error
 }
 
 var _ Engine = (*runtime.Client)(nil)
@@ -47,6 +50,8 @@ type Result struct {
 	Status   Status        `json:"status"`
 	Error    string        `json:"error,omitempty"`
 	Duration time.Duration `json:"duration_ns"`
+
+	order int // the action's place in the plan
 }
 
 // Report is the outcome of an apply.
@@ -109,7 +114,7 @@ const DefaultStopTimeout = 10 * time.Second
 // the host is left in a state the next plan repairs.
 func Apply(ctx context.Context, eng Engine, p *Changeset, opts ApplyOptions) *Report {
 	start := time.Now()
-	a := &applier{eng: eng, plan: p, opts: opts, failedImages: map[string]string{}, serviceDone: map[string]Status{}}
+	a := &applier{eng: eng, plan: p, opts: opts, broken: map[string]string{}, serviceDone: map[string]Status{}}
 	if a.opts.Logger == nil {
 		a.opts.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -122,7 +127,7 @@ func Apply(ctx context.Context, eng Engine, p *Changeset, opts ApplyOptions) *Re
 	var agents []int
 	for i := range p.Actions {
 		act := &p.Actions[i]
-		if phase(*act) == 4 {
+		if phase(*act) == phaseAgents {
 			agents = append(agents, i)
 			continue
 		}
@@ -130,11 +135,12 @@ func Apply(ctx context.Context, eng Engine, p *Changeset, opts ApplyOptions) *Re
 			a.runParallel(ctx, agents)
 			agents = nil
 		}
-		a.run(ctx, act)
+		a.run(ctx, i)
 	}
 	if len(agents) > 0 {
 		a.runParallel(ctx, agents)
 	}
+	sort.SliceStable(a.results, func(i, j int) bool { return a.results[i].order < a.results[j].order })
 	return &Report{Lab: p.Lab, Revision: p.Revision, Results: a.results, Duration: time.Since(start)}
 }
 
@@ -143,10 +149,12 @@ type applier struct {
 	plan *Changeset
 	opts ApplyOptions
 
-	mu           sync.Mutex
-	results      []Result
-	failedImages map[string]string
-	serviceDone  map[string]Status
+	mu      sync.Mutex
+	results []Result
+	// broken maps images, networks and volumes that could not be made to
+	// the error, so the containers that need them are skipped.
+	broken      map[string]string
+	serviceDone map[string]Status
 }
 
 func (a *applier) runParallel(ctx context.Context, idx []int) {
@@ -155,11 +163,11 @@ func (a *applier) runParallel(ctx context.Context, idx []int) {
 	for _, i := range idx {
 		wg.Add(1)
 		sem <- struct{}{}
-		go func(act *Action) {
+		go func(i int) {
 			defer wg.Done()
 			defer func() { <-sem }()
-			a.run(ctx, act)
-		}(&a.plan.Actions[i])
+			a.run(ctx, i)
+		}(i)
 	}
 	wg.Wait()
 }
@@ -170,10 +178,11 @@ func (a *applier) step(act *Action, s Step) {
 	}
 }
 
-func (a *applier) run(ctx context.Context, act *Action) {
+func (a *applier) run(ctx context.Context, i int) {
+	act := &a.plan.Actions[i]
 	start := time.Now()
 	log := a.opts.Logger.With("action", string(act.Kind), "object", act.Object, "target", act.Target)
-	res := Result{Action: *act, Status: StatusOK}
+	res := Result{Action: *act, Status: StatusOK, order: i}
 	var err error
 	if skip := a.skipReason(act); skip != "" {
 		res.Status, res.Error = StatusSkipped, skip
@@ -194,8 +203,8 @@ func (a *applier) run(ctx context.Context, act *Action) {
 	}
 	a.mu.Lock()
 	a.results = append(a.results, res)
-	if act.Kind == BuildImage && res.Status != StatusOK {
-		a.failedImages[act.Target] = res.Error
+	if (act.Kind == BuildImage || act.Kind == CreateNetwork || act.Kind == CreateVolume) && res.Status != StatusOK {
+		a.broken[act.Target] = res.Error
 	}
 	if act.ObjectKind == string(lab.KindService) && act.Spec != nil {
 		a.serviceDone[act.Object] = res.Status
@@ -213,8 +222,18 @@ func (a *applier) skipReason(act *Action) string {
 	if act.Spec == nil {
 		return ""
 	}
-	if msg, failed := a.failedImages[act.Spec.BuildTag]; failed && act.Spec.BuildTag != "" {
+	if msg, failed := a.broken[act.Spec.BuildTag]; failed && act.Spec.BuildTag != "" {
 		return fmt.Sprintf("image %s was not built: %s", act.Spec.BuildTag, msg)
+	}
+	for _, n := range act.Spec.Networks {
+		if msg, failed := a.broken[n.Network]; failed {
+			return fmt.Sprintf("network %s was not created: %s", n.Network, msg)
+		}
+	}
+	for _, m := range act.Spec.Mounts {
+		if msg, failed := a.broken[m.Source]; failed && m.Type == "volume" {
+			return fmt.Sprintf("volume %s was not created: %s", m.Source, msg)
+		}
 	}
 	for _, d := range act.Spec.DependsOn {
 		if st, ok := a.serviceDone[d.Name]; ok && st != StatusOK {
@@ -248,6 +267,16 @@ func (a *applier) do(ctx context.Context, act *Action) (Status, error) {
 		return a.recreate(ctx, act)
 	case Restore:
 		return a.restore(ctx, act)
+	case Finish:
+		return a.finish(ctx, act)
+	case Stop:
+		// Stopped for good: restart policy "no", so a daemon restart does
+		// not bring it back next to the agent that took its device.
+		if err := a.eng.StopContainer(ctx, act.Old.ID, a.opts.StopTimeout); err != nil {
+			return a.failed(ctx, err)
+		}
+		a.step(act, StepStopped)
+		return done(a.eng.SetRestartPolicy(ctx, act.Old.ID, "no"))
 	}
 	return StatusFailed, fmt.Errorf("unknown action %q", act.Kind)
 }
@@ -322,7 +351,9 @@ func (a *applier) bringUp(ctx context.Context, act *Action) (string, error) {
 	}
 	if err != nil {
 		if ctx.Err() == nil {
-			if rmErr := a.eng.RemoveContainer(context.WithoutCancel(ctx), id); rmErr != nil {
+			cctx, cancel := cleanupContext(ctx)
+			defer cancel()
+			if rmErr := a.eng.RemoveContainer(cctx, id); rmErr != nil {
 				err = errors.Join(err, fmt.Errorf("remove failed container: %w", rmErr))
 			}
 		}
@@ -358,7 +389,7 @@ func (a *applier) restore(ctx context.Context, act *Action) (Status, error) {
 	if err := a.removeLeftovers(ctx, act); err != nil {
 		return a.failed(ctx, err)
 	}
-	if err := a.eng.RenameContainer(ctx, act.Old.ID, act.Spec.ContainerName); err != nil {
+	if err := a.putBack(ctx, act.Old.ID, act.Spec.ContainerName, act.Spec.Restart); err != nil {
 		return a.failed(ctx, err)
 	}
 	a.step(act, StepRestored)
@@ -372,29 +403,54 @@ func (a *applier) restore(ctx context.Context, act *Action) (Status, error) {
 	return StatusOK, nil
 }
 
+// cleanupContext gives clean-up and rollback steps a deadline of their own,
+// so they run even when the apply was just cancelled.
+func cleanupContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+}
+
+// putBack gives a set-aside container its name and restart policy back.
+func (a *applier) putBack(ctx context.Context, id, name, restart string) error {
+	if err := a.eng.RenameContainer(ctx, id, name); err != nil {
+		return err
+	}
+	return a.eng.SetRestartPolicy(ctx, id, restart)
+}
+
 // recreate replaces a container stop-first: two agents must never drive one
-// device. The old container is stopped and set aside under a new name, the
-// new one created and watched; if it fails, it is removed and the old one
-// renamed back and started.
+// device. What the new container needs is checked before the old one is
+// touched. The old container is stopped, set aside under a new name with
+// restart policy "no", and the new one created and watched; if it fails,
+// it is removed and the old one gets its name and policy back and starts.
 func (a *applier) recreate(ctx context.Context, act *Action) (Status, error) {
 	old := act.Old
 	aside := act.Spec.ContainerName + runtime.AsideSuffix
 	if err := a.removeLeftovers(ctx, act); err != nil {
 		return a.failed(ctx, err)
 	}
+	checkAside := aside
+	if old.Aside {
+		checkAside = ""
+	}
+	if err := a.eng.Preflight(ctx, act.Spec, checkAside); err != nil {
+		return a.failed(ctx, fmt.Errorf("%w; the old container was left running", err))
+	}
+	if err := a.eng.StopContainer(ctx, old.ID, a.opts.StopTimeout); err != nil {
+		return a.failed(ctx, err)
+	}
+	a.step(act, StepStopped)
 	if !old.Aside {
-		if err := a.eng.StopContainer(ctx, old.ID, a.opts.StopTimeout); err != nil {
-			return a.failed(ctx, err)
-		}
-		a.step(act, StepStopped)
 		if err := a.eng.RenameContainer(ctx, old.ID, aside); err != nil {
 			status, err := a.failed(ctx, err)
-			if status == StatusFailed {
-				if startErr := a.eng.StartContainer(ctx, old.ID); startErr != nil {
-					err = errors.Join(err, fmt.Errorf("restart old container: %w", startErr))
-				}
+			cctx, cancel := cleanupContext(ctx)
+			defer cancel()
+			if startErr := a.eng.StartContainer(cctx, old.ID); startErr != nil {
+				err = errors.Join(err, fmt.Errorf("restart old container: %w", startErr))
 			}
 			return status, err
+		}
+		if err := a.eng.SetRestartPolicy(ctx, old.ID, "no"); err != nil {
+			a.opts.Logger.Warn("restart policy of the set-aside container not changed", "container", aside, "err", err)
 		}
 		a.step(act, StepSetAside)
 	}
@@ -403,7 +459,9 @@ func (a *applier) recreate(ctx context.Context, act *Action) (Status, error) {
 	}
 	_, upErr := a.bringUp(ctx, act)
 	if upErr == nil {
-		if err := a.eng.RemoveContainer(ctx, old.ID); err != nil {
+		cctx, cancel := cleanupContext(ctx)
+		defer cancel()
+		if err := a.eng.RemoveContainer(cctx, old.ID); err != nil {
 			// The new container runs; the old one is a leftover the next
 			// plan removes.
 			a.opts.Logger.Warn("old container not removed", "container", aside, "err", err)
@@ -414,18 +472,61 @@ func (a *applier) recreate(ctx context.Context, act *Action) (Status, error) {
 	if ctx.Err() != nil {
 		return StatusInterrupted, fmt.Errorf("interrupted: %w; the old container is set aside as %s and the next apply repairs it", upErr, aside)
 	}
-	// Roll back: the old container gets its name back and runs again.
 	origName := old.Name
 	if old.Aside {
 		origName = act.Spec.ContainerName
 	}
-	rbErr := a.eng.RenameContainer(ctx, old.ID, origName)
-	if rbErr == nil {
-		rbErr = a.eng.StartContainer(ctx, old.ID)
+	return a.rollback(ctx, act, old.ID, origName, upErr)
+}
+
+// rollback restores a set-aside container after its replacement failed.
+func (a *applier) rollback(ctx context.Context, act *Action, oldID, name string, cause error) (Status, error) {
+	cctx, cancel := cleanupContext(ctx)
+	defer cancel()
+	err := a.putBack(cctx, oldID, name, act.Spec.Restart)
+	if err == nil {
+		err = a.eng.StartContainer(cctx, oldID)
 	}
-	if rbErr != nil {
-		return StatusFailed, fmt.Errorf("new container failed: %w; rollback failed too: %v", upErr, rbErr)
+	if err != nil {
+		return StatusFailed, fmt.Errorf("new container failed: %w; rollback failed too: %v", cause, err)
 	}
 	a.step(act, StepRollback)
-	return StatusRolledBack, fmt.Errorf("new container failed, old one restored: %w", upErr)
+	return StatusRolledBack, fmt.Errorf("new container failed, old one restored: %w", cause)
+}
+
+// finish completes a recreate interrupted after the new container was made:
+// the new container must come up before the set-aside one is removed;
+// otherwise the new one goes and the old one is restored.
+func (a *applier) finish(ctx context.Context, act *Action) (Status, error) {
+	if err := a.removeLeftovers(ctx, act); err != nil {
+		return a.failed(ctx, err)
+	}
+	newC := act.New
+	var upErr error
+	if newC.State != "running" {
+		upErr = a.eng.StartContainer(ctx, newC.ID)
+	}
+	if upErr == nil {
+		upErr = a.eng.WaitRunning(ctx, newC.ID, a.waitOptions(act.Spec))
+	}
+	if upErr == nil && newC.Health == "unhealthy" {
+		upErr = errors.New("unhealthy")
+	}
+	if ctx.Err() != nil {
+		return StatusInterrupted, fmt.Errorf("interrupted: %v", upErr)
+	}
+	if upErr == nil {
+		a.step(act, StepUp)
+		if err := a.eng.RemoveContainer(ctx, act.Old.ID); err != nil {
+			return a.failed(ctx, err)
+		}
+		a.step(act, StepRemoved)
+		return StatusOK, nil
+	}
+	cctx, cancel := cleanupContext(ctx)
+	defer cancel()
+	if err := a.eng.RemoveContainer(cctx, newC.ID); err != nil {
+		return StatusFailed, fmt.Errorf("new container failed: %w; removing it failed too: %v", upErr, err)
+	}
+	return a.rollback(ctx, act, act.Old.ID, act.Spec.ContainerName, upErr)
 }

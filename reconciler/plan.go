@@ -23,7 +23,9 @@ const (
 	BuildImage    ActionKind = "build-image"
 	Create        ActionKind = "create"
 	Recreate      ActionKind = "recreate"
+	Finish        ActionKind = "finish-recreate"
 	Restore       ActionKind = "restore"
+	Stop          ActionKind = "stop"
 	Start         ActionKind = "start"
 	Remove        ActionKind = "remove"
 	RemoveNetwork ActionKind = "remove-network"
@@ -50,8 +52,10 @@ type Action struct {
 	Network *lab.NetworkSpec   `json:"-"`
 	Volume  *lab.VolumeSpec    `json:"-"`
 	Image   *lab.ImageSpec     `json:"-"`
-	// Old is the container replaced, started, restored or removed.
+	// Old is the container replaced, started, restored, stopped or removed.
 	Old *runtime.ObservedContainer `json:"-"`
+	// New is the container a Finish action confirms.
+	New *runtime.ObservedContainer `json:"-"`
 	// Leftovers are containers of the same object to remove first: copies
 	// set aside by an interrupted recreate, or duplicates.
 	Leftovers []runtime.ObservedContainer `json:"-"`
@@ -176,6 +180,14 @@ func (p *Changeset) planContainer(spec *lab.ContainerSpec, found []runtime.Obser
 	}
 	base := Action{ObjectKind: string(spec.Kind), Object: spec.Name, Target: spec.ContainerName, Spec: spec}
 	switch {
+	case primary != nil && aside != nil && len(explain(primary, spec, images)) == 0:
+		// A recreate stopped after starting the new container: confirm
+		// it before the old one goes, or restore the old one.
+		a := base
+		a.Kind = Finish
+		a.Old, a.New, a.Leftovers = aside, primary, others
+		a.Reasons = []string{"a recreate was interrupted: check the new container, then remove the old one (or restore it)"}
+		p.add(a)
 	case primary != nil:
 		var leftovers []runtime.ObservedContainer
 		if aside != nil {
@@ -307,6 +319,7 @@ func (p *Changeset) planPrune(desired *lab.Desired, observed *runtime.Observed, 
 			p.Warnings = append(p.Warnings, fmt.Sprintf("volume %s is no longer declared; labsync never deletes volumes, remove it by hand (docker volume rm %s) if its data is not needed", v.Name, v.Name))
 		}
 	}
+	p.stopDeviceConflicts(desired, byObject, declared)
 	if len(orphans) == 0 {
 		return
 	}
@@ -329,26 +342,65 @@ func (p *Changeset) planPrune(desired *lab.Desired, observed *runtime.Observed, 
 	p.Actions = append(p.Actions, orphans...)
 }
 
-// phase orders actions: networks, volumes, images, services, agents,
-// removals.
+// stopDeviceConflicts stops, before any agent is created, each running
+// orphan agent that drives the device of a declared agent, whatever the
+// prune policy: two agents must never drive one device.
+func (p *Changeset) stopDeviceConflicts(desired *lab.Desired, byObject map[objKey][]runtime.ObservedContainer, declared map[objKey]bool) {
+	owner := map[string]string{}
+	for _, c := range desired.Containers {
+		if c.Kind == lab.KindAgent && c.Device != "" {
+			owner[c.Device] = c.Name
+		}
+	}
+	for k, cs := range byObject {
+		if declared[k] || k.kind != lab.KindAgent {
+			continue
+		}
+		for i := range cs {
+			c := cs[i]
+			if c.Device == "" || owner[c.Device] == "" || c.State != "running" {
+				continue
+			}
+			p.add(Action{Kind: Stop, ObjectKind: string(k.kind), Object: k.name, Target: c.Name, Old: &c,
+				Reasons: []string{fmt.Sprintf("drives device %s, which agent %s now has; two agents must never drive one device", c.Device, owner[c.Device])}})
+		}
+	}
+}
+
+// Phases of apply, in order.
+const (
+	phaseNetworks = iota
+	phaseVolumes
+	phaseImages
+	phaseServices
+	phaseDeviceStops
+	phaseAgents
+	phaseRemovals
+	phaseNetworkRemovals
+)
+
+// phase orders actions: networks, volumes, images, services, stops of
+// agents whose device moved, agents, removals.
 func phase(a Action) int {
 	switch a.Kind {
 	case CreateNetwork:
-		return 0
+		return phaseNetworks
 	case CreateVolume:
-		return 1
+		return phaseVolumes
 	case BuildImage:
-		return 2
+		return phaseImages
 	case RemoveNetwork:
-		return 7
+		return phaseNetworkRemovals
+	case Stop:
+		return phaseDeviceStops
 	}
 	if a.Kind == Remove && a.Spec == nil {
-		return 6
+		return phaseRemovals
 	}
 	if a.ObjectKind == string(lab.KindService) {
-		return 3
+		return phaseServices
 	}
-	return 4
+	return phaseAgents
 }
 
 func sortActions(actions []Action, desired *lab.Desired) {
@@ -358,7 +410,7 @@ func sortActions(actions []Action, desired *lab.Desired) {
 		if pa, pb := phase(a), phase(b); pa != pb {
 			return pa < pb
 		}
-		if a.ObjectKind == string(lab.KindService) && b.ObjectKind == string(lab.KindService) && phase(a) == 3 {
+		if a.ObjectKind == string(lab.KindService) && b.ObjectKind == string(lab.KindService) && phase(a) == phaseServices {
 			if oa, ob := order[a.Object], order[b.Object]; oa != ob {
 				return oa < ob
 			}

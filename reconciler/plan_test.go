@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -77,7 +78,7 @@ func observedFrom(d *lab.Desired) *runtime.Observed {
 	for _, c := range d.Containers {
 		o.Containers = append(o.Containers, runtime.ObservedContainer{
 			ID: "id-" + c.Name, Name: c.ContainerName, Kind: c.Kind, Object: c.Name, Hash: c.Hash, Fields: c.Fields,
-			Revision: d.Revision, State: "running", Status: "Up 2 hours", Image: c.Image, ImageID: "sha256:id-" + c.Image,
+			Revision: d.Revision, State: "running", Status: "Up 2 hours", Image: c.Image, ImageID: "sha256:id-" + c.Image, Device: c.Device,
 		})
 		o.Images[c.Image] = "sha256:id-" + c.Image
 	}
@@ -88,6 +89,16 @@ func observedFrom(d *lab.Desired) *runtime.Observed {
 		o.Volumes = append(o.Volumes, runtime.ObservedVolume{Name: v.Name, Object: v.Key, Hash: v.Hash})
 	}
 	return o
+}
+
+// withDevices gives each agent of planLab a device address.
+func withDevices(fsys fstest.MapFS) fstest.MapFS {
+	for i, a := range []string{"alpha", "beta", "gamma", "delta"} {
+		if _, ok := fsys["sut/"+a+".conf"]; ok {
+			fsys["sut/"+a+"_snappy.yaml"] = &fstest.MapFile{Data: []byte(fmt.Sprintf("device_ip: 10.0.0.%d\n", i+1))}
+		}
+	}
+	return fsys
 }
 
 func find(o *runtime.Observed, object string) *runtime.ObservedContainer {
@@ -151,6 +162,14 @@ func TestPlanGolden(t *testing.T) {
 			d.ID, d.Name, d.Aside = "id-delta-old", "delta"+runtime.AsideSuffix, true
 			o.Containers = append(o.Containers, d)
 		}},
+		{name: "device-moves-to-new-agent", desired: func(t *testing.T) *lab.Desired {
+			fsys := withDevices(planLab(four...))
+			fsys["sut/gamma.lab.yaml"] = &fstest.MapFile{Data: []byte("enabled: false\n")}
+			fsys["sut/epsilon.conf"] = &fstest.MapFile{Data: []byte(agentConf("epsilon"))}
+			fsys["sut/epsilon_snappy.yaml"] = &fstest.MapFile{Data: []byte("device_ip: 10.0.0.3\n")}
+			fsys["lab.yaml"].Data = append(fsys["lab.yaml"].Data, []byte("prune:\n  enabled: false\n")...)
+			return compile(t, fsys)
+		}, base: func(t *testing.T) *lab.Desired { return compile(t, withDevices(planLab(four...))) }},
 		{name: "image-updated", desired: func(t *testing.T) *lab.Desired { return compile(t, planLab(four...)) },
 			observe: func(o *runtime.Observed) { o.Images["redis:7"] = "sha256:id-redis:7-newer" }},
 		{name: "renamed-and-missing-network", desired: func(t *testing.T) *lab.Desired {

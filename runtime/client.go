@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 
 	"github.com/docker/docker/client"
+
+	"github.com/labsync/labsync/lab"
 )
 
 // Labels stamped on every object labsync creates. An object is managed only
@@ -26,11 +28,12 @@ const (
 	LabelFields   = "io.labsync.fields"
 	LabelRevision = "io.labsync.revision"
 	LabelSchema   = "io.labsync.schema"
+	LabelDevice   = "io.labsync.device"
 )
 
 // AsideSuffix is appended to the name of a container that a recreate has
 // stopped and set aside, so it can be restored if the new one fails.
-const AsideSuffix = ".labsync-old"
+const AsideSuffix = lab.AsideSuffix
 
 // Options configure a Client.
 type Options struct {

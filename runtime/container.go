@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"path"
 	"sort"
 	"strings"
 	"time"
@@ -50,6 +49,9 @@ func ManagedLabels(spec *lab.ContainerSpec, labName, revision string) map[string
 	labels[LabelFields] = string(fields)
 	labels[LabelRevision] = revision
 	labels[LabelSchema] = lab.SchemaVersion
+	if spec.Device != "" {
+		labels[LabelDevice] = spec.Device
+	}
 	return labels
 }
 
@@ -167,9 +169,9 @@ func (c *Client) containerConfig(spec *lab.ContainerSpec, opts CreateOptions) (*
 	for _, p := range spec.Ports {
 		port := nat.Port(fmt.Sprintf("%d/%s", p.ContainerPort, p.Protocol))
 		cfg.ExposedPorts[port] = struct{}{}
-		if p.HostPort != "" || p.HostIP != "" {
-			host.PortBindings[port] = append(host.PortBindings[port], nat.PortBinding{HostIP: p.HostIP, HostPort: p.HostPort})
-		}
+		// A port without a host port is published on a free one, as
+		// Compose does.
+		host.PortBindings[port] = append(host.PortBindings[port], nat.PortBinding{HostIP: p.HostIP, HostPort: p.HostPort})
 	}
 	netcfg := &network.NetworkingConfig{}
 	if len(spec.Networks) > 0 {
@@ -194,27 +196,13 @@ func restartPolicy(s string) container.RestartPolicy {
 	return p
 }
 
-// filesTar builds the archive copied to "/" of a new container: the files
-// with their parent folders.
+// filesTar builds the archive copied to "/" of a new container. It holds
+// no folder entries: Docker creates missing parents, and folders that exist
+// in the image keep their owner and mode.
 func filesTar(files []lab.FileSpec) (io.Reader, error) {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
-	dirs := map[string]bool{}
-	var addDir func(d string) error
-	addDir = func(d string) error {
-		if d == "/" || d == "." || dirs[d] {
-			return nil
-		}
-		if err := addDir(path.Dir(d)); err != nil {
-			return err
-		}
-		dirs[d] = true
-		return tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: strings.TrimPrefix(d, "/") + "/", Mode: 0o755, ModTime: time.Unix(0, 0)})
-	}
 	for _, f := range files {
-		if err := addDir(path.Dir(f.Path)); err != nil {
-			return nil, fmt.Errorf("archive files: %w", err)
-		}
 		hdr := &tar.Header{Typeflag: tar.TypeReg, Name: strings.TrimPrefix(f.Path, "/"), Mode: f.Mode, Size: int64(len(f.Content)), ModTime: time.Unix(0, 0)}
 		if err := tw.WriteHeader(hdr); err != nil {
 			return nil, fmt.Errorf("archive files: %w", err)
@@ -227,6 +215,45 @@ func filesTar(files []lab.FileSpec) (io.Reader, error) {
 		return nil, fmt.Errorf("archive files: %w", err)
 	}
 	return &buf, nil
+}
+
+// SetRestartPolicy changes the restart policy of a container: a container
+// set aside gets "no", so a daemon restart does not bring it back.
+func (c *Client) SetRestartPolicy(ctx context.Context, id, policy string) error {
+	if _, err := c.api.ContainerUpdate(ctx, id, container.UpdateConfig{RestartPolicy: restartPolicy(policy)}); err != nil {
+		return fmt.Errorf("update restart policy: %w", err)
+	}
+	return nil
+}
+
+// Preflight checks, without changing anything, what creating spec needs:
+// its secrets, its image, its networks, and that asideName (when given) is
+// free. A recreate runs it before stopping the old container.
+func (c *Client) Preflight(ctx context.Context, spec *lab.ContainerSpec, asideName string) error {
+	for k, name := range spec.Secrets {
+		if _, err := c.secrets.Secret(name); err != nil {
+			return fmt.Errorf("secret %s for %s: %w", name, k, err)
+		}
+	}
+	if _, err := c.api.ImageInspect(ctx, spec.Image); err != nil {
+		if errdefs.IsNotFound(err) {
+			return fmt.Errorf("image %s is not on this host; build or load it (labsync pulls nothing)", spec.Image)
+		}
+		return fmt.Errorf("inspect image %s: %w", spec.Image, err)
+	}
+	for _, n := range spec.Networks {
+		if _, err := c.api.NetworkInspect(ctx, n.Network, network.InspectOptions{}); err != nil {
+			return fmt.Errorf("network %s: %w", n.Network, err)
+		}
+	}
+	if asideName != "" {
+		if _, err := c.api.ContainerInspect(ctx, asideName); err == nil {
+			return fmt.Errorf("cannot set the old container aside: %s exists; remove it", asideName)
+		} else if !errdefs.IsNotFound(err) {
+			return fmt.Errorf("inspect %s: %w", asideName, err)
+		}
+	}
+	return nil
 }
 
 // StartContainer starts a created or stopped container.
@@ -290,6 +317,10 @@ func (c *Client) WaitRunning(ctx context.Context, id string, o WaitOptions) erro
 	defer cancel()
 	tick := time.NewTicker(o.Poll)
 	defer tick.Stop()
+	// Uptime is measured from when this client first sees the container
+	// running, so a remote engine's clock does not matter.
+	var runningSince time.Time
+	restarts := -1
 	for {
 		info, err := c.api.ContainerInspect(ctx, id)
 		if err != nil {
@@ -299,7 +330,12 @@ func (c *Client) WaitRunning(ctx context.Context, id string, o WaitOptions) erro
 			return fmt.Errorf("inspect: %w", err)
 		}
 		st := info.State
+		if restarts < 0 {
+			restarts = info.RestartCount
+		}
 		switch {
+		case info.RestartCount > restarts && st != nil:
+			return fmt.Errorf("exited with code %d and was restarted by Docker%s", st.ExitCode, c.logTail(ctx, id))
 		case st == nil:
 		case !st.Running && (st.Status == "exited" || st.Status == "dead"):
 			return fmt.Errorf("exited with code %d%s", st.ExitCode, c.logTail(ctx, id))
@@ -313,8 +349,10 @@ func (c *Client) WaitRunning(ctx context.Context, id string, o WaitOptions) erro
 				return fmt.Errorf("unhealthy%s", c.logTail(ctx, id))
 			}
 		case st.Running:
-			started, _ := time.Parse(time.RFC3339Nano, st.StartedAt)
-			if time.Since(started) >= o.MinUptime {
+			if runningSince.IsZero() {
+				runningSince = time.Now()
+			}
+			if time.Since(runningSince) >= o.MinUptime {
 				return nil
 			}
 		}

@@ -23,10 +23,10 @@ func TestComposeServiceMapsToContainer(t *testing.T) {
 	name := testenv.Name(t)
 	testenv.CleanupLab(t, rt, name)
 	fsys := fstest.MapFS{
-		"lab.yaml":              {Data: []byte("name: " + name + "\ncontainer_prefix: " + name + "-\n")},
-		"conf/server.conf":      {Data: []byte("listen 8000\n")},
-		"conf/extra/more.conf":  {Data: []byte("more\n")},
-		"api.env":               {Data: []byte("FROM_FILE=1\nOVERRIDDEN=file\n")},
+		"lab.yaml":             {Data: []byte("name: " + name + "\ncontainer_prefix: " + name + "-\n")},
+		"conf/server.conf":     {Data: []byte("listen 8000\n")},
+		"conf/extra/more.conf": {Data: []byte("more\n")},
+		"api.env":              {Data: []byte("FROM_FILE=1\nOVERRIDDEN=file\n")},
 		"docker-compose.yaml": {Data: []byte(`services:
   api:
     image: ` + image + `

@@ -44,6 +44,8 @@ type ObservedContainer struct {
 	ImageID string
 	// Aside marks a container set aside by an unfinished recreate.
 	Aside bool
+	// Device is the device address an agent drives.
+	Device string
 }
 
 // ObservedNetwork is one managed network.
@@ -128,6 +130,7 @@ func observedContainer(s container.Summary) ObservedContainer {
 		Image:    s.Image,
 		ImageID:  s.ImageID,
 		Aside:    strings.HasSuffix(name, AsideSuffix),
+		Device:   s.Labels[LabelDevice],
 	}
 	if f := s.Labels[LabelFields]; f != "" {
 		_ = json.Unmarshal([]byte(f), &oc.Fields) // an unreadable label only loses detail in reasons

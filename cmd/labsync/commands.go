@@ -98,8 +98,15 @@ func loadLab(ctx context.Context, dir string, c *common, stderr io.Writer) (*lab
 		if !info.IsDir() {
 			return nil, "", fmt.Errorf("lab repository %s is not a folder", dir)
 		}
+		// os.Root keeps every read inside the folder, even through a
+		// symbolic link that points out of it.
+		root, err := os.OpenRoot(dir)
+		if err != nil {
+			return nil, "", fmt.Errorf("lab repository: %w", err)
+		}
+		defer root.Close()
 		abs, _ := filepath.Abs(dir)
-		fsys, name = os.DirFS(dir), filepath.Base(abs)
+		fsys, name = root.FS(), filepath.Base(abs)
 	}
 	if c.name != "" {
 		name = c.name

@@ -177,7 +177,7 @@ func newGitLab(t *testing.T, extraArgs ...string) *gitLab {
 	testenv.CleanupLab(t, rt, g.name)
 	g.repo = gs.NewRepo(t, "lab")
 	g.repo.Commit("alpha", map[string]string{
-		"lab.yaml":      fmt.Sprintf("name: %[1]s\ncontainer_prefix: %[1]s-\nagents:\n  image:\n    name: %[2]s\n  update:\n    min_uptime: 200ms\n", g.name, image),
+		"lab.yaml":       fmt.Sprintf("name: %[1]s\ncontainer_prefix: %[1]s-\nagents:\n  image:\n    name: %[2]s\n  update:\n    min_uptime: 200ms\n", g.name, image),
 		"sut/alpha.conf": agentConfFor("alpha"),
 	})
 	dir := t.TempDir()
