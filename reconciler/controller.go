@@ -418,6 +418,8 @@ func (c *Controller) stepConverge(ctx context.Context, run *Run) error {
 		if obs, err = c.opts.Docker.Observe(ctx, desired.Lab); err != nil {
 			return err
 		}
+		// What still differs after the apply: the drift status shows.
+		plan = Plan(desired, obs, PlanOptions{ForcePrune: c.opts.ForcePrune})
 	}
 	c.mu.Lock()
 	c.status.Observed = obs

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Makes sure what the tests need is here: Go, git and a running Docker
-# engine. Installs and starts only what is missing.
+# Makes sure what the tests need is here: git, a running Docker engine and
+# Chromium (the status page is tested in it). Installs and starts only what
+# is missing.
 set -euo pipefail
 
 need_apt=()
 command -v git >/dev/null || need_apt+=(git)
 command -v docker >/dev/null || need_apt+=(docker.io)
+command -v chromium >/dev/null || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "test-setup: installing ${need_apt[*]}"
   apt-get update -qq

@@ -286,8 +286,8 @@ func (s *Server) ObserveRun(run reconciler.Run) {
 		m.lastSuccess.Set(float64(st.LastOK.Unix()))
 	}
 	drifted := 0
-	if run.Plan != nil {
-		drifted = len(run.Plan.Actions)
+	if st.Plan != nil {
+		drifted = len(st.Plan.Actions)
 	}
 	m.drifted.Set(float64(drifted))
 	m.containers.Reset()
@@ -316,7 +316,7 @@ func newMetrics() *metrics {
 			Buckets: []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300}}),
 		passes:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "labsync_passes_total", Help: "Reconcile passes by result (ok, failed, invalid, error)."}, []string{"result"}),
 		lastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{Name: "labsync_last_success_timestamp_seconds", Help: "Unix time of the last pass that converged the host."}),
-		drifted:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "labsync_drifted_objects", Help: "Actions the last pass planned (objects that differed from the lab)."}),
+		drifted:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "labsync_drifted_objects", Help: "Actions still planned after the last pass (objects that differ from the lab)."}),
 		containers:  prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "labsync_managed_containers", Help: "Managed containers by Docker state, after the last pass."}, []string{"state"}),
 		webhooks:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "labsync_webhook_deliveries_total", Help: "Webhook deliveries by result."}, []string{"result"}),
 		fetchDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "labsync_git_fetch_duration_seconds", Help: "Duration of git fetches (only when the remote head moved).",

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -340,4 +341,55 @@ func get(t *testing.T, url string) string {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
+}
+
+// The status page, rendered by headless Chromium, shows the lab's objects.
+// LABSYNC_SCREENSHOT names where the screenshot is saved.
+func TestStatusPageInChromium(t *testing.T) {
+	chromium, err := exec.LookPath("chromium")
+	if err != nil {
+		if testenv.CI() {
+			t.Fatal("chromium required under CI=true (scripts/test-setup.sh installs it)")
+		}
+		t.Skip("no chromium")
+	}
+	g := newGitLab(t)
+	g.repo.Commit("beta", map[string]string{"sut/beta.conf": agentConfFor("beta")})
+	d := startDaemon(t, g.args...)
+	g.waitRunning(t, 60*time.Second, "alpha", "beta")
+	d.settle()
+
+	shot := os.Getenv("LABSYNC_SCREENSHOT")
+	if shot == "" {
+		shot = filepath.Join(t.TempDir(), "status.png")
+	}
+	profile := t.TempDir()
+	base := []string{"--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--user-data-dir=" + profile, "--window-size=1280,900"}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	dom, err := exec.CommandContext(ctx, chromium, append(base, "--dump-dom", d.url+"/")...).Output()
+	if err != nil {
+		t.Fatalf("chromium --dump-dom: %v", err)
+	}
+	for _, want := range []string{"labsync · " + g.name, "<b>alpha</b>", "<b>beta</b>", g.name + "-alpha", "running", "in sync", "Recent passes"} {
+		if !strings.Contains(string(dom), want) {
+			t.Errorf("rendered page lacks %q", want)
+		}
+	}
+	if out, err := exec.CommandContext(ctx, chromium, append(base, "--screenshot="+shot, d.url+"/")...).CombinedOutput(); err != nil {
+		t.Fatalf("chromium --screenshot: %v\n%s", err, out)
+	}
+	// And at a phone's width.
+	phone := strings.TrimSuffix(shot, ".png") + "-phone.png"
+	phoneArgs := append(append([]string(nil), base[:len(base)-1]...), "--window-size=390,844", "--screenshot="+phone, d.url+"/")
+	if out, err := exec.CommandContext(ctx, chromium, phoneArgs...).CombinedOutput(); err != nil {
+		t.Fatalf("chromium --screenshot (phone): %v\n%s", err, out)
+	}
+	for _, f := range []string{shot, phone} {
+		png, err := os.ReadFile(f)
+		if err != nil || len(png) < 1000 || !bytes.HasPrefix(png, []byte("\x89PNG")) {
+			t.Fatalf("screenshot %s: %d bytes, %v", f, len(png), err)
+		}
+	}
+	t.Logf("status page screenshots: %s, %s", shot, phone)
 }
