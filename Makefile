@@ -39,10 +39,11 @@ demo-clean: ## remove everything the demo created
 	@scripts/demo.sh clean
 
 .PHONY: bench
-bench: ## benchmarks: planning, and a no-op plan against 500 running agents (slow)
+bench: ## benchmarks: planning, polling, webhook to running agent, and a no-op plan against 500 running agents (slow)
 	@scripts/test-setup.sh
-	$(GO) test -run '^$$' -bench . -benchtime 20x ./reconciler/ ./lab/
-	LABSYNC_BENCH_AGENTS=500 $(GO) test -run '^$$' -bench NoopPlanLive -benchtime 10x -timeout 60m ./cmd/labsync/
+	$(GO) test -run '^$$' -bench . -benchtime 20x ./reconciler/ ./lab/ ./gitsource/
+	$(GO) test -run '^$$' -bench WebhookToRunning -benchtime 10x ./cmd/labsync/
+	scripts/bench-plan.sh 500
 
 .PHONY: clean
 clean: ## remove build output

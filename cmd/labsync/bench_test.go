@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
+	"sort"
 	"strconv"
 	"testing"
 	"time"
@@ -68,4 +70,39 @@ func BenchmarkNoopPlanLive(b *testing.B) {
 	}
 	b.ReportMetric(float64(calls)/float64(b.N), "api-calls/op")
 	b.ReportMetric(float64(n), "agents")
+}
+
+// BenchmarkWebhookToRunning measures, for each new SUT pushed to the lab
+// repository, the time from the signed push webhook to its agent container
+// running (the poll is an hour away). It reports the median and the worst.
+func BenchmarkWebhookToRunning(b *testing.B) {
+	g := newGitLab(b)
+	d := startDaemon(b, g.args...)
+	g.waitRunning(b, time.Minute, "alpha")
+	d.settle()
+	var times []time.Duration
+	i := 0
+	for b.Loop() {
+		i++
+		name := fmt.Sprintf("new%02d", i)
+		g.repo.Commit("add "+name, map[string]string{"sut/" + name + ".conf": agentConfFor(name)})
+		start := time.Now()
+		if resp := pushHook(b, d.url, g.secret, "refs/heads/main", fmt.Sprintf("bench-%d", i)); resp.StatusCode != http.StatusAccepted {
+			b.Fatalf("webhook: %s", resp.Status)
+		}
+		tick := time.NewTicker(20 * time.Millisecond)
+		for c := g.containers(b)[name]; c.State != "running"; c = g.containers(b)[name] {
+			if time.Since(start) > time.Minute {
+				b.Fatalf("%s not running after a minute", name)
+			}
+			<-tick.C
+		}
+		tick.Stop()
+		times = append(times, time.Since(start))
+		d.settle()
+	}
+	sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
+	b.ReportMetric(float64(times[len(times)/2].Milliseconds()), "median-ms")
+	b.ReportMetric(float64(times[len(times)-1].Milliseconds()), "worst-ms")
+	b.Logf("webhook to running, sorted: %v", times)
 }

@@ -27,7 +27,7 @@ import (
 // daemon is `labsync serve` running in the test process against a git
 // server and the real engine.
 type daemon struct {
-	t      *testing.T
+	t      testing.TB
 	url    string
 	cancel context.CancelFunc
 	done   chan error
@@ -51,7 +51,7 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -60,7 +60,7 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-func startDaemon(t *testing.T, args ...string) *daemon {
+func startDaemon(t testing.TB, args ...string) *daemon {
 	t.Helper()
 	addr := freeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -134,7 +134,7 @@ func (d *daemon) runs() []server.RunView {
 
 // pushHook posts the real push payload, its ref pointed at ref, signed with
 // secret.
-func pushHook(t *testing.T, url, secret, ref, delivery string) *http.Response {
+func pushHook(t testing.TB, url, secret, ref, delivery string) *http.Response {
 	t.Helper()
 	raw, err := os.ReadFile(filepath.Join(testenv.RepoRoot(), "..", "shared", "fixtures", "github-webhooks", "push_payload.json"))
 	if err != nil {
@@ -169,7 +169,7 @@ type gitLab struct {
 	secret string
 }
 
-func newGitLab(t *testing.T, extraArgs ...string) *gitLab {
+func newGitLab(t testing.TB, extraArgs ...string) *gitLab {
 	t.Helper()
 	rt := testenv.Docker(t)
 	image := testenv.StandinImage(t, rt)
@@ -195,7 +195,7 @@ func agentConfFor(name string) string {
 	return fmt.Sprintf("agent_id: %[1]s\nserver_address: http://tf:8000\njob_queues: [%[1]s]\npolling_interval: 60\n", name)
 }
 
-func (g *gitLab) containers(t *testing.T) map[string]container.Summary {
+func (g *gitLab) containers(t testing.TB) map[string]container.Summary {
 	t.Helper()
 	cs, err := g.rt.API().ContainerList(context.Background(), container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", runtime.LabelLab+"="+g.name))})
 	if err != nil {
@@ -208,7 +208,7 @@ func (g *gitLab) containers(t *testing.T) map[string]container.Summary {
 	return out
 }
 
-func (g *gitLab) waitRunning(t *testing.T, timeout time.Duration, names ...string) {
+func (g *gitLab) waitRunning(t testing.TB, timeout time.Duration, names ...string) {
 	t.Helper()
 	testenv.Eventually(t, timeout, fmt.Sprintf("%v not all running", names), func() bool {
 		cs := g.containers(t)
@@ -332,7 +332,7 @@ func TestServeDriftCheckRepairs(t *testing.T) {
 	}
 }
 
-func get(t *testing.T, url string) string {
+func get(t testing.TB, url string) string {
 	t.Helper()
 	resp, err := http.Get(url)
 	if err != nil {

@@ -1,0 +1,96 @@
+package server
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/labsync/labsync/reconciler"
+)
+
+// fixedStatus is a StatusSource for handler tests.
+type fixedStatus struct{ st reconciler.LabStatus }
+
+func (f fixedStatus) Status() reconciler.LabStatus { return f.st }
+func (f fixedStatus) Runs() []reconciler.Run        { return nil }
+
+func TestSignature(t *testing.T) {
+	body := []byte(`{"zen":"Keep it logically awesome."}`)
+	sig := Sign([]byte("s3cret"), body)
+	if !VerifySignature([]byte("s3cret"), body, sig) {
+		t.Fatal("own signature rejected")
+	}
+	for _, bad := range []string{"", "sha256=", "sha1=" + sig[7:], sig[:len(sig)-2] + "00", "sha256=zz"} {
+		if VerifySignature([]byte("s3cret"), body, bad) {
+			t.Errorf("signature %q accepted", bad)
+		}
+	}
+	if VerifySignature([]byte("other"), body, sig) {
+		t.Error("signature of another secret accepted")
+	}
+}
+
+func newTestServer(opts Options) (*Server, *[]string) {
+	var triggers []string
+	opts.Trigger = func(r string) { triggers = append(triggers, r) }
+	opts.Status = fixedStatus{}
+	opts.Branch = "main"
+	return New(opts), &triggers
+}
+
+func do(s *Server, method, path, body string, hdr map[string]string) *httptest.ResponseRecorder {
+	req := httptest.NewRequest(method, path, strings.NewReader(body))
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	w := httptest.NewRecorder()
+	s.ServeHTTP(w, req)
+	return w
+}
+
+func TestWebhooksNeedASecretUnlessInsecure(t *testing.T) {
+	s, _ := newTestServer(Options{})
+	if w := do(s, http.MethodPost, "/hooks/github", "{}", nil); w.Code != http.StatusNotFound && w.Code != http.StatusMethodNotAllowed {
+		t.Errorf("webhook served without a secret: %d", w.Code)
+	}
+	s, triggers := newTestServer(Options{Insecure: true})
+	w := do(s, http.MethodPost, "/hooks/github", `{"ref":"refs/heads/main","after":"abc"}`, map[string]string{"X-GitHub-Event": "push"})
+	if w.Code != http.StatusAccepted || len(*triggers) != 1 {
+		t.Errorf("insecure push: %d, triggers %v", w.Code, *triggers)
+	}
+}
+
+func TestGenericWebhookToken(t *testing.T) {
+	s, triggers := newTestServer(Options{WebhookToken: []byte("t0k")})
+	if w := do(s, http.MethodPost, "/hooks/generic", "", map[string]string{"Authorization": "Bearer wrong"}); w.Code != http.StatusUnauthorized {
+		t.Errorf("wrong token: %d", w.Code)
+	}
+	if w := do(s, http.MethodPost, "/hooks/generic", "", nil); w.Code != http.StatusUnauthorized {
+		t.Errorf("no token: %d", w.Code)
+	}
+	if w := do(s, http.MethodPost, "/hooks/generic", "{}", map[string]string{"Authorization": "Bearer t0k"}); w.Code != http.StatusAccepted || len(*triggers) != 1 {
+		t.Errorf("right token: %d, triggers %v", w.Code, *triggers)
+	}
+}
+
+func TestWebhookBodyIsBounded(t *testing.T) {
+	s, triggers := newTestServer(Options{WebhookSecret: []byte("x")})
+	w := do(s, http.MethodPost, "/hooks/github", strings.Repeat("a", MaxWebhookBody+1), map[string]string{"X-GitHub-Event": "push"})
+	if w.Code != http.StatusRequestEntityTooLarge || len(*triggers) != 0 {
+		t.Errorf("large body: %d, triggers %v", w.Code, *triggers)
+	}
+}
+
+func TestReadyNeedsAFetch(t *testing.T) {
+	s, _ := newTestServer(Options{})
+	if w := do(s, http.MethodGet, "/readyz", "", nil); w.Code != http.StatusServiceUnavailable {
+		t.Errorf("readyz before any fetch: %d", w.Code)
+	}
+	if w := do(s, http.MethodGet, "/healthz", "", nil); w.Code != http.StatusOK {
+		t.Errorf("healthz: %d", w.Code)
+	}
+	if w := do(s, http.MethodPost, "/api/v1/sync", "", nil); w.Code != http.StatusAccepted {
+		t.Errorf("sync: %d", w.Code)
+	}
+}
