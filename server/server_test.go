@@ -13,7 +13,7 @@ import (
 type fixedStatus struct{ st reconciler.LabStatus }
 
 func (f fixedStatus) Status() reconciler.LabStatus { return f.st }
-func (f fixedStatus) Runs() []reconciler.Run        { return nil }
+func (f fixedStatus) Runs() []reconciler.Run       { return nil }
 
 func TestSignature(t *testing.T) {
 	body := []byte(`{"zen":"Keep it logically awesome."}`)
