@@ -150,3 +150,20 @@ func TestRedact(t *testing.T) {
 		}
 	}
 }
+
+// A local path or file:// URL needs no server and no credentials.
+func TestLocalRepository(t *testing.T) {
+	gs := testenv.NewGitServer(t, "u", "p")
+	repo := gs.NewRepo(t, "lab")
+	want := repo.Commit("init", map[string]string{"sut/a.conf": "agent_id: a\n"})
+	for _, url := range []string{repo.Bare, "file://" + repo.Bare} {
+		src, err := gitsource.Open(gitsource.Options{URL: url, CacheDir: t.TempDir()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := src.Fetch(context.Background())
+		if err != nil || got != want {
+			t.Errorf("%s: fetch = %s, %v; want %s", url, got, err, want)
+		}
+	}
+}

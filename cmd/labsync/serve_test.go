@@ -393,3 +393,14 @@ func TestStatusPageInChromium(t *testing.T) {
 	}
 	t.Logf("status page screenshots: %s, %s", shot, phone)
 }
+
+// Without webhooks, the poll picks up a pushed commit.
+func TestServePollsForNewCommits(t *testing.T) {
+	g := newGitLab(t)
+	args := append(append([]string(nil), g.args...), "--poll-interval", "300ms")
+	d := startDaemon(t, args...)
+	g.waitRunning(t, 60*time.Second, "alpha")
+	g.repo.Commit("add beta", map[string]string{"sut/beta.conf": agentConfFor("beta")})
+	g.waitRunning(t, 60*time.Second, "alpha", "beta")
+	d.settle()
+}
