@@ -160,8 +160,9 @@ func newLogger(level string, w io.Writer) (*slog.Logger, error) {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: lv})), nil
 }
 
-// prepare loads and compiles the lab, connects to Docker and observes.
-func prepare(ctx context.Context, dir string, c *common, stderr io.Writer) (*lab.Desired, *runtime.Client, *runtime.Observed, error) {
+// planHost loads and compiles the lab, connects to Docker, observes and
+// plans. done closes the Docker client and logs the API calls made.
+func planHost(ctx context.Context, dir string, c *common, forcePrune bool, stderr io.Writer) (p *reconciler.Changeset, rt *runtime.Client, done func(), err error) {
 	l, revision, err := loadLab(ctx, dir, c, stderr)
 	if err != nil {
 		return nil, nil, nil, err
@@ -171,18 +172,23 @@ func prepare(ctx context.Context, dir string, c *common, stderr io.Writer) (*lab
 		return nil, nil, nil, err
 	}
 	desired := lab.Compile(l, lab.CompileOptions{Revision: revision})
-	rt, err := runtime.New(runtime.Options{Host: c.dockerHost, Logger: log, Secrets: runtime.DirSecrets{Dir: c.secretsDir}})
+	rt, err = runtime.New(runtime.Options{Host: c.dockerHost, Logger: log, Secrets: runtime.DirSecrets{Dir: c.secretsDir}})
 	if err != nil {
 		return nil, nil, nil, err
+	}
+	done = func() {
+		reads, writes := rt.Calls()
+		log.Debug("docker api calls", "reads", reads, "writes", writes)
+		rt.Close()
 	}
 	octx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	observed, err := rt.Observe(octx, desired.Lab)
 	if err != nil {
-		rt.Close()
+		done()
 		return nil, nil, nil, fmt.Errorf("observe the Docker host: %w", err)
 	}
-	return desired, rt, observed, nil
+	return reconciler.Plan(desired, observed, reconciler.PlanOptions{ForcePrune: forcePrune}), rt, done, nil
 }
 
 func runPlan(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -196,13 +202,11 @@ func runPlan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	desired, rt, observed, err := prepare(ctx, dir, &c, stderr)
+	p, _, done, err := planHost(ctx, dir, &c, forcePrune, stderr)
 	if err != nil {
 		return err
 	}
-	defer rt.Close()
-	defer logCalls(rt, stderr, c.logLevel)
-	p := reconciler.Plan(desired, observed, reconciler.PlanOptions{ForcePrune: forcePrune})
+	defer done()
 	if asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
@@ -225,13 +229,11 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	desired, rt, observed, err := prepare(ctx, dir, &c, stderr)
+	p, rt, done, err := planHost(ctx, dir, &c, forcePrune, stderr)
 	if err != nil {
 		return err
 	}
-	defer rt.Close()
-	defer logCalls(rt, stderr, c.logLevel)
-	p := reconciler.Plan(desired, observed, reconciler.PlanOptions{ForcePrune: forcePrune})
+	defer done()
 	if err := p.WriteTable(stdout); err != nil {
 		return err
 	}
@@ -252,14 +254,6 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return exitError{1}
 	}
 	return nil
-}
-
-// logCalls logs, at debug level, how many Docker API calls the command made.
-func logCalls(rt *runtime.Client, stderr io.Writer, level string) {
-	if log, err := newLogger(level, stderr); err == nil {
-		reads, writes := rt.Calls()
-		log.Debug("docker api calls", "reads", reads, "writes", writes)
-	}
 }
 
 func writeReport(w io.Writer, r *reconciler.Report) {
