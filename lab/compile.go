@@ -20,7 +20,7 @@ type CompileOptions struct {
 // Compile turns a valid lab into the desired state of its Docker host. It
 // is deterministic: the same lab gives the same specs and hashes.
 func Compile(l *Lab, opts CompileOptions) *Desired {
-	d := &Desired{Lab: l.Name, Revision: opts.Revision}
+	d := &Desired{Lab: l.Name, Revision: opts.Revision, TestflingerServer: l.Config.Testflinger.Server}
 	if d.Revision == "" {
 		d.Revision = "dir-" + l.Digest[:12]
 	}

@@ -37,6 +37,9 @@ type Desired struct {
 	Containers []ContainerSpec
 	Prune      PrunePolicy
 	Update     UpdatePolicy
+	// TestflingerServer is the lab's Testflinger server (lab.yaml), used
+	// to ask whether an agent is busy.
+	TestflingerServer string
 }
 
 // PrunePolicy says whether orphans are removed and the guard against mass

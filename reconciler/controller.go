@@ -59,6 +59,10 @@ type ControllerOptions struct {
 	// changes.
 	Events    func(ctx context.Context, labName string) <-chan runtime.Event
 	FlapLimit *FlapLimiter
+	// AgentIdle, when set, says whether an agent runs no job; a clean
+	// slate recreates only idle agents. Without it a clean slate does
+	// nothing.
+	AgentIdle func(ctx context.Context, d *lab.Desired, agent string) (bool, error)
 }
 
 // Run is the record of one pass.
@@ -117,12 +121,13 @@ type Controller struct {
 	watching    string
 	stopWatcher context.CancelFunc
 
-	mu       sync.Mutex
-	pending  []string
-	runs     []Run // newest first
-	nextID   int64
-	status   LabStatus
-	failures int
+	mu         sync.Mutex
+	cleanSlate bool
+	pending    []string
+	runs       []Run // newest first
+	nextID     int64
+	status     LabStatus
+	failures   int
 }
 
 // NewController makes a controller; Run starts it.
@@ -154,6 +159,15 @@ func (c *Controller) Trigger(reason string) {
 	case c.wake <- struct{}{}:
 	default:
 	}
+}
+
+// TriggerCleanSlate asks for a pass that also recreates every agent that is
+// in sync and idle, so each starts from a fresh container.
+func (c *Controller) TriggerCleanSlate(reason string) {
+	c.mu.Lock()
+	c.cleanSlate = true
+	c.mu.Unlock()
+	c.Trigger(reason)
 }
 
 func containsString(list []string, s string) bool {
@@ -214,13 +228,13 @@ func (c *Controller) Run(ctx context.Context) error {
 		}
 		retry = nil
 		c.mu.Lock()
-		triggers := c.pending
-		c.pending = nil
+		triggers, cleanSlate := c.pending, c.cleanSlate
+		c.pending, c.cleanSlate = nil, false
 		c.mu.Unlock()
 		if len(triggers) == 0 {
 			continue
 		}
-		run := c.pass(ctx, triggers)
+		run := c.pass(ctx, triggers, cleanSlate)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -258,7 +272,7 @@ func jitter(d time.Duration, frac float64) time.Duration {
 
 // pass is one reconcile: revision, desired state, observe, plan, apply.
 // Its record is always written, whatever the exit path.
-func (c *Controller) pass(ctx context.Context, triggers []string) (run Run) {
+func (c *Controller) pass(ctx context.Context, triggers []string, cleanSlate bool) (run Run) {
 	c.mu.Lock()
 	c.nextID++
 	run = Run{ID: c.nextID, Triggers: triggers, Started: time.Now()}
@@ -274,7 +288,8 @@ func (c *Controller) pass(ctx context.Context, triggers []string) (run Run) {
 			c.opts.OnRun(run)
 		}
 	}()
-	for _, step := range []func(context.Context, *Run) error{c.stepRevision, c.stepDesired, c.stepConverge} {
+	converge := func(ctx context.Context, run *Run) error { return c.stepConverge(ctx, run, cleanSlate) }
+	for _, step := range []func(context.Context, *Run) error{c.stepRevision, c.stepDesired, converge} {
 		if err := step(ctx, &run); err != nil {
 			if errors.Is(err, errStop) {
 				return run
@@ -392,7 +407,7 @@ func (c *Controller) lastDiagnostics(rev string) lab.Diagnostics {
 
 // stepConverge observes the host, plans against the desired state in force
 // and applies the plan.
-func (c *Controller) stepConverge(ctx context.Context, run *Run) error {
+func (c *Controller) stepConverge(ctx context.Context, run *Run, cleanSlate bool) error {
 	c.mu.Lock()
 	desired := c.status.Desired
 	c.mu.Unlock()
@@ -401,15 +416,19 @@ func (c *Controller) stepConverge(ctx context.Context, run *Run) error {
 	if err != nil {
 		return err
 	}
-	plan := Plan(desired, obs, PlanOptions{ForcePrune: c.opts.ForcePrune})
+	opts := PlanOptions{ForcePrune: c.opts.ForcePrune}
+	if cleanSlate {
+		opts.Recreate = c.idleAgents(ctx, desired)
+	}
+	plan := Plan(desired, obs, opts)
 	run.Plan = plan
 	if run.Result == "" {
 		run.Result = ResultOK
 	}
 	if !plan.Empty() {
-		opts := c.opts.Apply
-		opts.Logger = c.log.With("run_id", run.ID)
-		report := Apply(ctx, c.opts.Docker, plan, opts)
+		aopts := c.opts.Apply
+		aopts.Logger = c.log.With("run_id", run.ID)
+		report := Apply(ctx, c.opts.Docker, plan, aopts)
 		run.Results = report.Results
 		if report.Failed() > 0 && run.Result == ResultOK {
 			run.Result = ResultFailed
@@ -437,6 +456,32 @@ func (c *Controller) stepConverge(ctx context.Context, run *Run) error {
 	}
 	c.mu.Unlock()
 	return nil
+}
+
+// idleAgents returns the agents a clean slate may recreate: those the
+// idle check says run no job. An agent whose state cannot be read is left
+// alone.
+func (c *Controller) idleAgents(ctx context.Context, d *lab.Desired) map[string]string {
+	if c.opts.AgentIdle == nil {
+		c.log.Warn("clean slate skipped: no way to tell idle agents (set testflinger.server in lab.yaml)")
+		return nil
+	}
+	out := map[string]string{}
+	for _, spec := range d.Containers {
+		if spec.Kind != lab.KindAgent {
+			continue
+		}
+		idle, err := c.opts.AgentIdle(ctx, d, spec.Name)
+		switch {
+		case err != nil:
+			c.log.Warn("clean slate: agent state unknown; not recreated", "object", spec.Name, "err", err)
+		case idle:
+			out[spec.Name] = "clean slate: scheduled recreate of an idle agent"
+		default:
+			c.log.Info("clean slate: agent is busy; not recreated", "object", spec.Name)
+		}
+	}
+	return out
 }
 
 func (c *Controller) record(run Run) {

@@ -94,6 +94,9 @@ func (p *Changeset) Counts() map[ActionKind]int {
 type PlanOptions struct {
 	// ForcePrune removes orphans even when the mass-removal guard trips.
 	ForcePrune bool
+	// Recreate maps agents to recreate although they are in sync (a
+	// clean slate) to the reason.
+	Recreate map[string]string
 }
 
 type objKey struct {
@@ -153,7 +156,7 @@ func Plan(desired *lab.Desired, observed *runtime.Observed, opts PlanOptions) *C
 		spec := &desired.Containers[i]
 		k := objKey{spec.Kind, spec.Name}
 		declared[k] = true
-		p.planContainer(spec, byObject[k], observed.Images)
+		p.planContainer(spec, byObject[k], observed.Images, opts.Recreate)
 	}
 
 	p.planPrune(desired, observed, byObject, declared, opts)
@@ -164,7 +167,7 @@ func Plan(desired *lab.Desired, observed *runtime.Observed, opts PlanOptions) *C
 
 func (p *Changeset) add(a Action) { p.Actions = append(p.Actions, a) }
 
-func (p *Changeset) planContainer(spec *lab.ContainerSpec, found []runtime.ObservedContainer, images map[string]string) {
+func (p *Changeset) planContainer(spec *lab.ContainerSpec, found []runtime.ObservedContainer, images map[string]string, force map[string]string) {
 	var primary, aside *runtime.ObservedContainer
 	var others []runtime.ObservedContainer
 	for i := range found {
@@ -195,6 +198,9 @@ func (p *Changeset) planContainer(spec *lab.ContainerSpec, found []runtime.Obser
 		}
 		leftovers = append(leftovers, others...)
 		reasons := explain(primary, spec, images)
+		if why, ok := force[spec.Name]; ok && len(reasons) == 0 && spec.Kind == lab.KindAgent {
+			reasons = []string{why}
+		}
 		a := base
 		a.Old = primary
 		a.Leftovers = leftovers

@@ -16,9 +16,11 @@ import (
 	"github.com/robfig/cron/v3"
 	"gopkg.in/yaml.v3"
 
+	"github.com/labsync/labsync/lab"
 	"github.com/labsync/labsync/reconciler"
 	"github.com/labsync/labsync/runtime"
 	"github.com/labsync/labsync/server"
+	"github.com/labsync/labsync/testflinger"
 )
 
 type serveFlags struct {
@@ -28,6 +30,7 @@ type serveFlags struct {
 	listen           string
 	pollInterval     time.Duration
 	driftSchedule    string
+	cleanSlate       string
 	webhookSecretF   string
 	webhookTokenF    string
 	insecureWebhooks bool
@@ -47,6 +50,7 @@ func (f *serveFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.listen, "listen", ":8080", "HTTP address for webhooks, the API, metrics and the status page")
 	fs.DurationVar(&f.pollInterval, "poll-interval", 60*time.Second, "how often the remote head is checked (jittered 10%); 0 disables polling")
 	fs.StringVar(&f.driftSchedule, "drift-schedule", "@every 15m", "cron schedule of drift checks (robfig/cron syntax, e.g. '*/10 * * * *'); empty disables")
+	fs.StringVar(&f.cleanSlate, "clean-slate-schedule", "", "cron schedule of clean slates: every agent in sync and idle (per the Testflinger server of lab.yaml) is recreated; empty disables")
 	fs.StringVar(&f.webhookSecretF, "webhook-secret-file", "", "file with the GitHub webhook secret (or LABSYNC_WEBHOOK_SECRET)")
 	fs.StringVar(&f.webhookTokenF, "webhook-token-file", "", "file with the bearer token of /hooks/generic (or LABSYNC_WEBHOOK_TOKEN)")
 	fs.BoolVar(&f.insecureWebhooks, "insecure-webhooks", false, "serve webhooks without a secret or token (anyone who reaches the port can trigger passes)")
@@ -175,6 +179,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return rt.Events(ctx, labName, errs)
 		},
 		FlapLimit: &reconciler.FlapLimiter{Max: f.flapMax, Window: f.flapWindow},
+		AgentIdle: testflingerIdle,
 	})
 	srv = server.New(server.Options{
 		Status: ctrl, Trigger: ctrl.Trigger, Branch: f.git.branch,
@@ -197,14 +202,19 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			errc <- fmt.Errorf("http: %w", err)
 		}
 	}()
+	schedules := cron.New()
 	if f.driftSchedule != "" {
-		c := cron.New()
-		if _, err := c.AddFunc(f.driftSchedule, func() { ctrl.Trigger("schedule: drift check") }); err != nil {
+		if _, err := schedules.AddFunc(f.driftSchedule, func() { ctrl.Trigger("schedule: drift check") }); err != nil {
 			return usageError{fmt.Sprintf("--drift-schedule %q: %v", f.driftSchedule, err)}
 		}
-		c.Start()
-		defer c.Stop()
 	}
+	if f.cleanSlate != "" {
+		if _, err := schedules.AddFunc(f.cleanSlate, func() { ctrl.TriggerCleanSlate("schedule: clean slate") }); err != nil {
+			return usageError{fmt.Sprintf("--clean-slate-schedule %q: %v", f.cleanSlate, err)}
+		}
+	}
+	schedules.Start()
+	defer schedules.Stop()
 	go func() { errc <- ctrl.Run(ctx) }()
 
 	select {
@@ -217,4 +227,17 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	_ = httpSrv.Shutdown(shutdown)
 	log.Info("labsync stopped")
 	return err
+}
+
+// testflingerIdle asks the lab's Testflinger server whether an agent runs a
+// job.
+func testflingerIdle(ctx context.Context, d *lab.Desired, agent string) (bool, error) {
+	if d.TestflingerServer == "" {
+		return false, errors.New("testflinger.server is not set in lab.yaml")
+	}
+	st, err := testflinger.NewClient(d.TestflingerServer).AgentState(ctx, agent)
+	if err != nil {
+		return false, err
+	}
+	return st.Idle(), nil
 }
