@@ -8,7 +8,15 @@ N=${1:-500}
 RUNS=${RUNS:-5}
 LAB=labsync-bench-$$
 WORK=$(mktemp -d)
-trap 'ids=$(docker ps -aq --filter label=io.labsync.lab=$LAB); [ -n "$ids" ] && docker rm -f $ids >/dev/null; docker network rm ${LAB}_default >/dev/null 2>&1 || true; docker rmi -f labsync-bench-standin:$$ >/dev/null 2>&1 || true; rm -rf "$WORK"' EXIT
+cleanup() {
+  ids=$(docker ps -aq --filter "label=io.labsync.lab=$LAB")
+  [ -n "$ids" ] && docker rm -f $ids >/dev/null
+  nets=$(docker network ls -q --filter "label=io.labsync.lab=$LAB")
+  [ -n "$nets" ] && docker network rm $nets >/dev/null
+  docker rmi -f "labsync-bench-standin:$$" >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
 
 go build -trimpath -o bin/labsync ./cmd/labsync
 mkdir -p "$WORK/img" "$WORK/lab/sut"
