@@ -226,11 +226,16 @@ func (l *Lab) checkConfig(file string, root *yaml.Node) {
 			l.d.errorf(file, lineOf(file, "agents.secrets", l), "'agents.secrets' maps %q to %q; map an environment variable name to a secret name made of letters, digits, '.', '_' and '-'", k, v)
 		}
 	}
+	seenPaths := map[string]string{}
 	for _, k := range []string{"agents.files.conf", "agents.files.connector", "agents.files.job"} {
 		v := map[string]string{"agents.files.conf": c.Agents.Files.Conf, "agents.files.connector": c.Agents.Files.Connector, "agents.files.job": c.Agents.Files.Job}[k]
 		if v != "" && !strings.HasPrefix(v, "/") {
 			l.d.errorf(file, lineOf(file, k, l), "'%s' is %q; give an absolute path inside the container", k, v)
 		}
+		if prev, dup := seenPaths[v]; dup && v != "" {
+			l.d.errorf(file, lineOf(file, k, l), "'%s' is the same path as '%s'; one file would overwrite the other", k, prev)
+		}
+		seenPaths[v] = k
 	}
 	_ = root
 }

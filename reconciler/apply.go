@@ -124,21 +124,26 @@ func Apply(ctx context.Context, eng Engine, p *Changeset, opts ApplyOptions) *Re
 	if a.opts.Parallelism <= 0 {
 		a.opts.Parallelism = max(p.desired.Update.Parallelism, 1)
 	}
-	var agents []int
+	// Agents are created, changed and removed in parallel; everything else
+	// runs in plan order.
+	var batch []int
+	batchPhase := -1
 	for i := range p.Actions {
 		act := &p.Actions[i]
-		if phase(*act) == phaseAgents {
-			agents = append(agents, i)
-			continue
+		ph := phase(*act)
+		parallel := ph == phaseAgents || (ph == phaseRemovals && act.ObjectKind == string(lab.KindAgent))
+		if len(batch) > 0 && (!parallel || ph != batchPhase) {
+			a.runParallel(ctx, batch)
+			batch = nil
 		}
-		if len(agents) > 0 {
-			a.runParallel(ctx, agents)
-			agents = nil
+		if parallel {
+			batch, batchPhase = append(batch, i), ph
+			continue
 		}
 		a.run(ctx, i)
 	}
-	if len(agents) > 0 {
-		a.runParallel(ctx, agents)
+	if len(batch) > 0 {
+		a.runParallel(ctx, batch)
 	}
 	sort.SliceStable(a.results, func(i, j int) bool { return a.results[i].order < a.results[j].order })
 	return &Report{Lab: p.Lab, Revision: p.Revision, Results: a.results, Duration: time.Since(start)}
