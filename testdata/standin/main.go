@@ -80,7 +80,7 @@ func agent(args []string) error {
 		conf.PollingInterval = 10
 	}
 	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1)
 	if os.Getenv("STANDIN_IGNORE_TERM") == "1" {
 		signal.Ignore(syscall.SIGTERM)
 	}
@@ -94,16 +94,22 @@ func agent(args []string) error {
 	for poll := 1; ; poll++ {
 		logf("Checking jobs")
 		wait := time.Duration(conf.PollingInterval) * time.Second
+		job := ""
 		if jobEvery > 0 && poll%jobEvery == 0 {
-			id := uuid()
-			logf("Starting job %s", id)
-			wait = jobDuration
-			defer logf("Job %s finished", id)
+			job = uuid()
+			logf("Starting job %s", job)
+			wait = jobDuration // a quiet job: nothing is logged until it ends
 		} else {
 			logf("Sleeping for %d", conf.PollingInterval)
 		}
+		timer := time.NewTimer(wait)
+	waiting:
 		select {
 		case s := <-sigs:
+			if s == syscall.SIGHUP || s == syscall.SIGUSR1 {
+				logf("Received %s", s)
+				goto waiting
+			}
 			logf("Received %s, exiting", s)
 			return nil
 		case <-exit:
@@ -113,7 +119,10 @@ func agent(args []string) error {
 			}
 			fmt.Fprintf(os.Stderr, "ERROR: stand-in exiting with code %d as asked\n", code)
 			os.Exit(code)
-		case <-time.After(wait):
+		case <-timer.C:
+		}
+		if job != "" {
+			logf("Job %s finished", job)
 		}
 	}
 }
