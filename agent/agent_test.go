@@ -57,7 +57,9 @@ func TestHealthDecision(t *testing.T) {
 		{"stale", with(func(h *agent.Heartbeat) { h.Time = now.Add(-time.Minute) }), nil, false, "heartbeat stale"},
 		{"dead agent", with(func(h *agent.Heartbeat) { h.ChildPID = 7 }), nil, false, "agent process 7 is not running"},
 		{"not running", with(func(h *agent.Heartbeat) { h.Running = false }), nil, false, "is not running"},
-		{"restarting once", with(func(h *agent.Heartbeat) { h.State, h.Running, h.LastExit, h.Restarts = agent.StateRestarting, false, "exited with code 1", 1 }), nil, true, "ok: agent restarting"},
+		{"restarting once", with(func(h *agent.Heartbeat) {
+			h.State, h.Running, h.LastExit, h.Restarts = agent.StateRestarting, false, "exited with code 1", 1
+		}), nil, true, "ok: agent restarting"},
 		{"crash loop", with(func(h *agent.Heartbeat) {
 			h.State, h.CrashLoop, h.RecentCrashes, h.LastExit = agent.StateRestarting, true, 5, "exited with code 1"
 		}), nil, false, "crash-looping: 5 crashes"},

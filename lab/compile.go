@@ -243,9 +243,11 @@ func (l *Lab) compileAgent(s *SUT) ContainerSpec {
 		aliases := append([]string{s.Name}, a.Aliases...)
 		c.Networks = append(c.Networks, NetworkAttachSpec{Network: l.networkName(key), IPv4Address: a.IPv4Address, Aliases: dedupe(aliases)})
 	}
-	if hc := cfg.Healthcheck; hc != nil {
-		c.Healthcheck = healthSpec(hc.Disable, hc.Test, time.Duration(hc.Interval), time.Duration(hc.Timeout), time.Duration(hc.StartPeriod), hc.Retries, vars)
+	hc := cfg.Healthcheck
+	if hc == nil {
+		hc = &DefaultAgentHealthcheck
 	}
+	c.Healthcheck = healthSpec(hc.Disable, hc.Test, time.Duration(hc.Interval), time.Duration(hc.Timeout), time.Duration(hc.StartPeriod), hc.Retries, vars)
 	return c
 }
 

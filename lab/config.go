@@ -124,8 +124,18 @@ const (
 	DefaultMaxFraction   = 0.5
 )
 
-// DefaultAgentCommand runs testflinger-agent on the SUT's configuration.
-var DefaultAgentCommand = []string{"testflinger-agent", "-c", "{conf}"}
+// DefaultAgentCommand runs testflinger-agent on the SUT's configuration,
+// supervised by labsync-agent.
+var DefaultAgentCommand = []string{"labsync-agent", "run", "--sut", "{name}", "--", "testflinger-agent", "-c", "{conf}"}
+
+// DefaultAgentHealthcheck asks labsync-agent whether the agent works.
+var DefaultAgentHealthcheck = HealthcheckConfig{
+	Test:        []string{"CMD", "labsync-agent", "healthcheck"},
+	Interval:    Duration(10 * time.Second),
+	Timeout:     Duration(5 * time.Second),
+	StartPeriod: Duration(30 * time.Second),
+	Retries:     3,
+}
 
 // Duration is a time.Duration written as "30s", "5m" or "1h30m".
 type Duration time.Duration

@@ -162,8 +162,11 @@ func TestDefaultsWithoutLabYAML(t *testing.T) {
 	if alpha.ContainerName != "alpha" || alpha.Hostname != "alpha" || alpha.Image != lab.DefaultAgentImage || alpha.Restart != "always" {
 		t.Errorf("alpha = %+v", alpha)
 	}
-	if got := strings.Join(alpha.Command, " "); got != "testflinger-agent -c /data/testflinger-agent/sut/alpha.conf" {
+	if got := strings.Join(alpha.Command, " "); got != "labsync-agent run --sut alpha -- testflinger-agent -c /data/testflinger-agent/sut/alpha.conf" {
 		t.Errorf("command = %s", got)
+	}
+	if h := alpha.Healthcheck; h == nil || strings.Join(h.Test, " ") != "CMD labsync-agent healthcheck" {
+		t.Errorf("healthcheck = %+v", h)
 	}
 	var paths []string
 	for _, f := range alpha.Files {

@@ -55,6 +55,11 @@ container_prefix: %[1]s-
 agents:
   image:
     name: %[2]s
+  healthcheck:
+    test: [CMD, labsync-agent, healthcheck]
+    interval: 1s
+    timeout: 2s
+    retries: 2
   update:
     min_uptime: 300ms
     start_timeout: 30s

@@ -39,7 +39,7 @@ func TestCleanSlateRecreatesOnlyIdleAgents(t *testing.T) {
 	gs := testenv.NewGitServer(t, "u", "p")
 	repo := gs.NewRepo(t, "lab")
 	repo.Commit("lab", map[string]string{
-		"lab.yaml":      fmt.Sprintf("name: %[1]s\ncontainer_prefix: %[1]s-\nagents:\n  image: {name: %[2]s}\n  update: {min_uptime: 200ms}\ntestflinger:\n  server: %[3]s\n", name, image, tf.URL),
+		"lab.yaml":      fmt.Sprintf("name: %[1]s\ncontainer_prefix: %[1]s-\nagents:\n  image: {name: %[2]s}\n  healthcheck: {test: [CMD, labsync-agent, healthcheck], interval: 1s}\n  update: {min_uptime: 200ms}\ntestflinger:\n  server: %[3]s\n", name, image, tf.URL),
 		"sut/idle.conf": agentConf("idle"),
 		"sut/busy.conf": agentConf("busy"),
 	})

@@ -21,6 +21,7 @@ trap cleanup EXIT
 go build -trimpath -o bin/labsync ./cmd/labsync
 mkdir -p "$WORK/img" "$WORK/lab/sut"
 CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$WORK/img/standin" ./testdata/standin
+CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$WORK/img/labsync-agent" ./cmd/labsync-agent
 cp testdata/standin/Dockerfile "$WORK/img/"
 docker build -q -t labsync-bench-standin:$$ "$WORK/img" >/dev/null 2>&1
 cat > "$WORK/lab/lab.yaml" <<YAML
@@ -28,6 +29,8 @@ name: $LAB
 container_prefix: $LAB-
 agents:
   image: {name: "labsync-bench-standin:$$"}
+  command: [testflinger-agent, -c, "{conf}"]
+  healthcheck: {disable: true}
   memory: 32m
   update: {parallelism: 16, min_uptime: 100ms}
 YAML

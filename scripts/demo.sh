@@ -4,7 +4,9 @@
 # The demo lab (testdata/demo-lab) has three agents and a Testflinger server.
 # Both run a stand-in program (testdata/standin), built here as a static Go
 # binary into a FROM scratch image that labsync builds from the lab's own
-# build context. The stand-in logs like testflinger-agent; it takes no jobs.
+# build context, with labsync-agent supervising each stand-in agent and
+# serving its healthcheck. The stand-in logs like testflinger-agent and
+# takes a short quiet "job" now and then.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +37,7 @@ go build -trimpath -o bin/labsync ./cmd/labsync
 rm -rf "$WORK" && mkdir -p "$WORK"
 cp -r testdata/demo-lab/. "$WORK/"
 CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$WORK/images/standin/standin" ./testdata/standin
+CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$WORK/images/standin/labsync-agent" ./cmd/labsync-agent
 echo "    bin/labsync, $WORK (a copy of testdata/demo-lab)"
 
 step "labsync validate $WORK"

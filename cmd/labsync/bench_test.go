@@ -31,7 +31,7 @@ func BenchmarkNoopPlanLive(b *testing.B) {
 	testenv.CleanupLab(b, rt, name)
 	dir := b.TempDir()
 	files := map[string]string{
-		"lab.yaml": fmt.Sprintf("name: %[1]s\ncontainer_prefix: %[1]s-\nagents:\n  image:\n    name: %[2]s\n  memory: 32m\n  update:\n    parallelism: 16\n    min_uptime: 100ms\n", name, image),
+		"lab.yaml": fmt.Sprintf("name: %[1]s\ncontainer_prefix: %[1]s-\nagents:\n  image:\n    name: %[2]s\n  healthcheck: {disable: true}\n  memory: 32m\n  update:\n    parallelism: 16\n    min_uptime: 100ms\n", name, image),
 	}
 	for i := 0; i < n; i++ {
 		sut := fmt.Sprintf("dut%04d", i)

@@ -178,7 +178,7 @@ func newGitLab(t testing.TB, extraArgs ...string) *gitLab {
 	testenv.CleanupLab(t, rt, g.name)
 	g.repo = gs.NewRepo(t, "lab")
 	g.repo.Commit("alpha", map[string]string{
-		"lab.yaml":       fmt.Sprintf("name: %[1]s\ncontainer_prefix: %[1]s-\nagents:\n  image:\n    name: %[2]s\n  update:\n    min_uptime: 200ms\n", g.name, image),
+		"lab.yaml":       fmt.Sprintf("name: %[1]s\ncontainer_prefix: %[1]s-\nagents:\n  image:\n    name: %[2]s\n  healthcheck: {test: [CMD, labsync-agent, healthcheck], interval: 1s}\n  update:\n    min_uptime: 200ms\n", g.name, image),
 		"sut/alpha.conf": agentConfFor("alpha"),
 	})
 	dir := t.TempDir()

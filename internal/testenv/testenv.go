@@ -144,17 +144,30 @@ func RepoRoot() string {
 // binary and returns its path.
 func StandinBinary(t testing.TB) string {
 	t.Helper()
-	out := filepath.Join(os.TempDir(), "labsync-standin-"+fmt.Sprint(os.Getpid()))
-	standinMu.Lock()
-	defer standinMu.Unlock()
+	return buildBinary(t, "standin", "./testdata/standin")
+}
+
+// AgentBinary builds labsync-agent as a static binary.
+func AgentBinary(t testing.TB) string {
+	t.Helper()
+	return buildBinary(t, "labsync-agent", "./cmd/labsync-agent")
+}
+
+var buildMu sync.Mutex
+
+func buildBinary(t testing.TB, name, pkg string) string {
+	t.Helper()
+	out := filepath.Join(os.TempDir(), fmt.Sprintf("labsync-test-%s-%d", name, os.Getpid()))
+	buildMu.Lock()
+	defer buildMu.Unlock()
 	if _, err := os.Stat(out); err == nil {
 		return out
 	}
-	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", out, "./testdata/standin")
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", out, pkg)
 	cmd.Dir = RepoRoot()
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build stand-in: %v\n%s", err, b)
+		t.Fatalf("build %s: %v\n%s", pkg, err, b)
 	}
 	return out
 }
@@ -164,7 +177,7 @@ func StandinBinary(t testing.TB) string {
 // returns its tag. The tag is the content's digest, so runs share it.
 func StandinImage(t testing.TB, rt *runtime.Client) string {
 	t.Helper()
-	bin := StandinBinary(t)
+	bin, agentBin := StandinBinary(t), AgentBinary(t)
 	standinMu.Lock()
 	defer standinMu.Unlock()
 	if standinTag != "" {
@@ -174,12 +187,17 @@ func StandinImage(t testing.TB, rt *runtime.Client) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	agentData, err := os.ReadFile(agentBin)
+	if err != nil {
+		t.Fatal(err)
+	}
 	dockerfile, err := os.ReadFile(filepath.Join(RepoRoot(), "testdata", "standin", "Dockerfile"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	sum := sha256.New()
 	sum.Write(binData)
+	sum.Write(agentData)
 	sum.Write(dockerfile)
 	// One image per test process: Main removes it when the process ends,
 	// so packages tested in parallel never remove each other's image.
@@ -188,7 +206,7 @@ func StandinImage(t testing.TB, rt *runtime.Client) string {
 	defer cancel()
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
-	for name, data := range map[string][]byte{"Dockerfile": dockerfile, "standin": binData} {
+	for name, data := range map[string][]byte{"Dockerfile": dockerfile, "standin": binData, "labsync-agent": agentData} {
 		_ = tw.WriteHeader(&tar.Header{Name: name, Mode: 0o755, Size: int64(len(data))})
 		_, _ = tw.Write(data)
 	}
@@ -226,7 +244,9 @@ func Main(m *testing.M) {
 			rt.Close()
 		}
 	}
-	_ = os.Remove(filepath.Join(os.TempDir(), "labsync-standin-"+fmt.Sprint(os.Getpid())))
+	for _, name := range []string{"standin", "labsync-agent"} {
+		_ = os.Remove(filepath.Join(os.TempDir(), fmt.Sprintf("labsync-test-%s-%d", name, os.Getpid())))
+	}
 	os.Exit(code)
 }
 
