@@ -32,7 +32,14 @@ func Compile(l *Lab, opts CompileOptions) *Desired {
 		d.Prune.MaxFraction = *f
 	}
 	u := l.Config.Agents.Update
-	d.Update = UpdatePolicy{Parallelism: u.Parallelism, StartTimeout: time.Duration(u.StartTimeout), MinUptime: time.Duration(u.MinUptime)}
+	d.Update = UpdatePolicy{Parallelism: u.Parallelism, StartTimeout: time.Duration(u.StartTimeout), MinUptime: time.Duration(u.MinUptime),
+		BusyTimeout: time.Duration(u.BusyTimeout), BusyPolicy: u.BusyPolicy}
+	if d.Update.BusyTimeout == 0 {
+		d.Update.BusyTimeout = DefaultBusyTimeout
+	}
+	if d.Update.BusyPolicy == "" {
+		d.Update.BusyPolicy = BusyPolicyRecreate
+	}
 	if d.Update.Parallelism == 0 {
 		d.Update.Parallelism = DefaultParallelism
 	}

@@ -81,6 +81,10 @@ type UpdateConfig struct {
 	Parallelism  int      `yaml:"parallelism"`
 	StartTimeout Duration `yaml:"start_timeout"`
 	MinUptime    Duration `yaml:"min_uptime"`
+	// BusyTimeout bounds how long a change to a busy agent waits for its
+	// job to end; BusyPolicy says what happens then: recreate or wait.
+	BusyTimeout Duration `yaml:"busy_timeout"`
+	BusyPolicy  string   `yaml:"busy_policy"`
 }
 
 // PruneConfig controls removal of containers no longer declared.
@@ -122,6 +126,9 @@ const (
 	DefaultStartTimeout  = 60 * time.Second
 	DefaultMinUptime     = time.Second
 	DefaultMaxFraction   = 0.5
+	DefaultBusyTimeout   = 4 * time.Hour
+	BusyPolicyRecreate   = "recreate"
+	BusyPolicyWait       = "wait"
 )
 
 // DefaultAgentCommand runs testflinger-agent on the SUT's configuration,

@@ -56,6 +56,9 @@ type UpdatePolicy struct {
 	Parallelism  int
 	StartTimeout time.Duration
 	MinUptime    time.Duration
+	// BusyTimeout and BusyPolicy: see UpdateConfig.
+	BusyTimeout time.Duration
+	BusyPolicy  string
 }
 
 // NetworkSpec is a network to create.

@@ -193,6 +193,9 @@ func (l *Lab) checkConfig(file string, root *yaml.Node) {
 	if r := c.Agents.Restart; r != "" && !validRestart(r) {
 		l.d.errorf(file, lineOf(file, "agents.restart", l), "'agents.restart' is %q; use one of %s", r, strings.Join(restartPolicies, ", "))
 	}
+	if bp := c.Agents.Update.BusyPolicy; bp != "" && bp != BusyPolicyRecreate && bp != BusyPolicyWait {
+		l.d.errorf(file, lineOf(file, "agents.update.busy_policy", l), "'agents.update.busy_policy' is %q; use recreate or wait", bp)
+	}
 	if c.Agents.Update.Parallelism < 0 {
 		l.d.errorf(file, lineOf(file, "agents.update.parallelism", l), "'agents.update.parallelism' must be 1 or more")
 	}

@@ -28,6 +28,7 @@ type Engine interface {
 	WaitRunning(ctx context.Context, id string, o runtime.WaitOptions) error
 	SetRestartPolicy(ctx context.Context, id, policy string) error
 	Preflight(ctx context.Context, spec *lab.ContainerSpec, asideName string) error
+	AgentActivity(ctx context.Context, id string) (runtime.Activity, error)
 }
 
 var _ Engine = (*runtime.Client)(nil)
@@ -42,6 +43,8 @@ const (
 	StatusRolledBack  Status = "rolled-back"
 	StatusSkipped     Status = "skipped"
 	StatusInterrupted Status = "interrupted"
+	// StatusDeferred: the agent runs a job; the change waits for it.
+	StatusDeferred Status = "deferred"
 )
 
 // Result is what became of one action.
@@ -62,15 +65,27 @@ type Report struct {
 	Duration time.Duration `json:"duration_ns"`
 }
 
-// Failed returns the number of actions that did not succeed.
+// Failed returns the number of actions that did not succeed, deferred
+// ones excluded.
 func (r *Report) Failed() int {
 	n := 0
 	for _, res := range r.Results {
-		if res.Status != StatusOK {
+		if res.Status != StatusOK && res.Status != StatusDeferred {
 			n++
 		}
 	}
 	return n
+}
+
+// Deferred returns the objects whose change waits for a job to end.
+func (r *Report) Deferred() []string {
+	var out []string
+	for _, res := range r.Results {
+		if res.Status == StatusDeferred {
+			out = append(out, res.Action.ObjectKind+"/"+res.Action.Object)
+		}
+	}
+	return out
 }
 
 // Step names a point inside an action, reported to ApplyOptions.OnStep.
@@ -102,6 +117,12 @@ type ApplyOptions struct {
 	OnStep func(a *Action, step Step)
 	// OnResult, when set, is called as each action ends.
 	OnResult func(r Result)
+	// IgnoreBusy recreates and removes agents even while they run a job.
+	// Otherwise such a change is deferred, unless the object is in
+	// ForceBusy (its wait for the job ran out and the policy says
+	// recreate).
+	IgnoreBusy bool
+	ForceBusy  map[string]bool
 }
 
 // DefaultStopTimeout is Docker's own default grace period.
@@ -263,12 +284,18 @@ func (a *applier) do(ctx context.Context, act *Action) (Status, error) {
 	case RemoveNetwork:
 		return done(a.eng.RemoveNetwork(ctx, act.NetworkID))
 	case Remove:
+		if deferred, why := a.busy(ctx, act); deferred {
+			return StatusDeferred, errors.New(why)
+		}
 		return a.remove(ctx, act)
 	case Create:
 		return a.create(ctx, act)
 	case Start:
 		return a.start(ctx, act)
 	case Recreate:
+		if deferred, why := a.busy(ctx, act); deferred {
+			return StatusDeferred, errors.New(why)
+		}
 		return a.recreate(ctx, act)
 	case Restore:
 		return a.restore(ctx, act)
@@ -406,6 +433,24 @@ func (a *applier) restore(ctx context.Context, act *Action) (Status, error) {
 	}
 	a.step(act, StepUp)
 	return StatusOK, nil
+}
+
+// busy says whether a change to a running agent must wait for its job to
+// end, as the agent's labsync-agent heartbeat tells. An agent without one,
+// or whose heartbeat cannot be read, is not waited for.
+func (a *applier) busy(ctx context.Context, act *Action) (bool, string) {
+	if a.opts.IgnoreBusy || act.Old == nil || act.Old.State != "running" || act.ObjectKind != string(lab.KindAgent) || a.opts.ForceBusy[act.Object] {
+		return false, ""
+	}
+	activity, err := a.eng.AgentActivity(ctx, act.Old.ID)
+	if err != nil {
+		a.opts.Logger.Warn("agent activity unknown; not waiting for it", "object", act.Object, "err", err)
+		return false, ""
+	}
+	if !activity.Busy {
+		return false, ""
+	}
+	return true, fmt.Sprintf("agent is running job %s (since %s); the %s waits until the job ends", activity.JobID, activity.Since.UTC().Format(time.RFC3339), act.Kind)
 }
 
 // cleanupContext gives clean-up and rollback steps a deadline of their own,

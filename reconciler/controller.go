@@ -59,6 +59,9 @@ type ControllerOptions struct {
 	// changes.
 	Events    func(ctx context.Context, labName string) <-chan runtime.Event
 	FlapLimit *FlapLimiter
+	// BusyRecheck is how soon a pass runs again after a change was
+	// deferred because an agent was busy (default 30s).
+	BusyRecheck time.Duration
 	// AgentIdle, when set, says whether an agent runs no job; a clean
 	// slate recreates only idle agents. Without it a clean slate does
 	// nothing.
@@ -121,6 +124,10 @@ type Controller struct {
 	watching    string
 	stopWatcher context.CancelFunc
 
+	// busySince records when a change to each busy agent was first
+	// deferred; only Run's goroutine uses it.
+	busySince map[string]time.Time
+
 	mu         sync.Mutex
 	cleanSlate bool
 	pending    []string
@@ -141,10 +148,13 @@ func NewController(opts ControllerOptions) *Controller {
 	if opts.History == 0 {
 		opts.History = 50
 	}
+	if opts.BusyRecheck == 0 {
+		opts.BusyRecheck = 30 * time.Second
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Controller{opts: opts, log: opts.Logger, wake: make(chan struct{}, 1), status: LabStatus{Lab: opts.DefaultName, LastErrors: map[string]string{}}}
+	return &Controller{opts: opts, log: opts.Logger, wake: make(chan struct{}, 1), busySince: map[string]time.Time{}, status: LabStatus{Lab: opts.DefaultName, LastErrors: map[string]string{}}}
 }
 
 // Trigger asks for a pass. It never blocks; a trigger during a pass causes
@@ -208,7 +218,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		}
 	}()
 	c.Trigger("start")
-	var poll, retry <-chan time.Time
+	var poll, retry, recheck <-chan time.Time
 	resetPoll := func() {
 		if c.opts.PollInterval > 0 {
 			poll = time.After(jitter(c.opts.PollInterval, 0.1))
@@ -225,6 +235,9 @@ func (c *Controller) Run(ctx context.Context) error {
 			resetPoll()
 		case <-retry:
 			c.addPending("retry")
+		case <-recheck:
+			c.addPending("busy agent re-check")
+			recheck = nil
 		}
 		retry = nil
 		c.mu.Lock()
@@ -245,6 +258,9 @@ func (c *Controller) Run(ctx context.Context) error {
 			retry = time.After(d)
 		} else {
 			c.failures = 0
+		}
+		if len(c.busySince) > 0 && recheck == nil {
+			recheck = time.After(c.opts.BusyRecheck)
 		}
 	}
 }
@@ -428,8 +444,13 @@ func (c *Controller) stepConverge(ctx context.Context, run *Run, cleanSlate bool
 	if !plan.Empty() {
 		aopts := c.opts.Apply
 		aopts.Logger = c.log.With("run_id", run.ID)
+		aopts.ForceBusy = c.busyExpired(desired)
 		report := Apply(ctx, c.opts.Docker, plan, aopts)
 		run.Results = report.Results
+		c.trackBusy(report)
+		if d := report.Deferred(); len(d) > 0 {
+			run.Error = fmt.Sprintf("%d change(s) wait for agents to finish their jobs: %s", len(d), strings.Join(d, ", "))
+		}
 		if report.Failed() > 0 && run.Result == ResultOK {
 			run.Result = ResultFailed
 			run.Error = fmt.Sprintf("%d of %d action(s) did not succeed", report.Failed(), len(report.Results))
@@ -456,6 +477,41 @@ func (c *Controller) stepConverge(ctx context.Context, run *Run, cleanSlate bool
 	}
 	c.mu.Unlock()
 	return nil
+}
+
+// busyExpired lists the agents whose change has waited longer than the
+// lab's busy timeout for a job to end, when the policy is to recreate them
+// then.
+func (c *Controller) busyExpired(d *lab.Desired) map[string]bool {
+	out := map[string]bool{}
+	if d.Update.BusyPolicy != lab.BusyPolicyRecreate {
+		return out
+	}
+	for key, since := range c.busySince {
+		if time.Since(since) >= d.Update.BusyTimeout {
+			_, name, _ := strings.Cut(key, "/")
+			out[name] = true
+			c.log.Warn("agent busy for longer than busy_timeout; recreating it anyway", "object", key, "waited", time.Since(since).Round(time.Second))
+		}
+	}
+	return out
+}
+
+// trackBusy remembers since when each deferred change waits; changes that
+// went through are forgotten.
+func (c *Controller) trackBusy(r *Report) {
+	deferred := map[string]bool{}
+	for _, key := range r.Deferred() {
+		deferred[key] = true
+		if _, ok := c.busySince[key]; !ok {
+			c.busySince[key] = time.Now()
+		}
+	}
+	for key := range c.busySince {
+		if !deferred[key] {
+			delete(c.busySince, key)
+		}
+	}
 }
 
 // idleAgents returns the agents a clean slate may recreate: those the

@@ -383,3 +383,42 @@ func (c *Client) logTail(ctx context.Context, id string) string {
 	}
 	return "; last log lines: " + strings.ReplaceAll(s, "\n", " | ")
 }
+
+// AgentHeartbeatPath is where labsync-agent keeps its heartbeat inside an
+// agent container.
+const AgentHeartbeatPath = "/run/labsync-agent/heartbeat.json"
+
+// Activity is what an agent container's supervisor says it is doing.
+type Activity struct {
+	// Known is false when the container has no labsync-agent heartbeat.
+	Known bool
+	Busy  bool
+	JobID string
+	Since time.Time
+}
+
+// AgentActivity reads the labsync-agent heartbeat out of a running agent
+// container through the archive API: no network into the container.
+func (c *Client) AgentActivity(ctx context.Context, id string) (Activity, error) {
+	rc, _, err := c.api.CopyFromContainer(ctx, id, AgentHeartbeatPath)
+	if err != nil {
+		if errdefs.IsNotFound(err) {
+			return Activity{}, nil
+		}
+		return Activity{}, fmt.Errorf("read agent heartbeat: %w", err)
+	}
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	if _, err := tr.Next(); err != nil {
+		return Activity{}, fmt.Errorf("read agent heartbeat: %w", err)
+	}
+	var hb struct {
+		State string    `json:"state"`
+		JobID string    `json:"job_id"`
+		Since time.Time `json:"since"`
+	}
+	if err := json.NewDecoder(io.LimitReader(tr, 1<<20)).Decode(&hb); err != nil {
+		return Activity{}, fmt.Errorf("read agent heartbeat: %w", err)
+	}
+	return Activity{Known: true, Busy: hb.State == "busy", JobID: hb.JobID, Since: hb.Since}, nil
+}

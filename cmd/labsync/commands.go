@@ -225,6 +225,8 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.BoolVar(&forcePrune, "force-prune", false, "remove orphans even when the mass-removal guard trips")
 	fs.IntVar(&parallelism, "parallelism", 0, "agents changed at once (default: agents.update.parallelism, 4)")
 	fs.DurationVar(&stopTimeout, "stop-timeout", reconciler.DefaultStopTimeout, "time a container gets to stop before it is killed")
+	var ignoreBusy bool
+	fs.BoolVar(&ignoreBusy, "ignore-busy", false, "recreate or remove agents even while they run a job (otherwise such changes are deferred)")
 	dir, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -247,9 +249,13 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		StopTimeout: stopTimeout,
 		OnStep:      pr.step,
 		OnResult:    pr.result,
+		IgnoreBusy:  ignoreBusy,
 	})
 	writeReport(stdout, report)
-	if n := report.Failed(); n > 0 {
+	if d := report.Deferred(); len(d) > 0 {
+		fmt.Fprintf(stderr, "labsync: %d change(s) deferred while agents run jobs (%s); apply again when they are idle, or with --ignore-busy\n", len(d), strings.Join(d, ", "))
+	}
+	if n := report.Failed() + len(report.Deferred()); n > 0 {
 		fmt.Fprintf(stderr, "labsync: %d of %d action(s) did not succeed\n", n, len(report.Results))
 		return exitError{1}
 	}
@@ -262,7 +268,7 @@ func writeReport(w io.Writer, r *reconciler.Report) {
 		counts[res.Status]++
 	}
 	var parts []string
-	for _, s := range []reconciler.Status{reconciler.StatusOK, reconciler.StatusFailed, reconciler.StatusRolledBack, reconciler.StatusSkipped, reconciler.StatusInterrupted} {
+	for _, s := range []reconciler.Status{reconciler.StatusOK, reconciler.StatusFailed, reconciler.StatusRolledBack, reconciler.StatusSkipped, reconciler.StatusInterrupted, reconciler.StatusDeferred} {
 		if counts[s] > 0 {
 			parts = append(parts, fmt.Sprintf("%d %s", counts[s], s))
 		}

@@ -40,6 +40,8 @@ type serveFlags struct {
 	flapMax          int
 	flapWindow       time.Duration
 	minBackoff       time.Duration
+	busyRecheck      time.Duration
+	ignoreBusy       bool
 	maxBackoff       time.Duration
 }
 
@@ -59,6 +61,8 @@ func (f *serveFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.stopTimeout, "stop-timeout", reconciler.DefaultStopTimeout, "time a container gets to stop before it is killed")
 	fs.IntVar(&f.flapMax, "flap-limit", 5, "Docker events of one container that may trigger passes within --flap-window")
 	fs.DurationVar(&f.flapWindow, "flap-window", 10*time.Minute, "window of --flap-limit")
+	fs.DurationVar(&f.busyRecheck, "busy-recheck", 30*time.Second, "how soon a change deferred for a busy agent is tried again")
+	fs.BoolVar(&f.ignoreBusy, "ignore-busy", false, "recreate or remove agents even while they run a job")
 	fs.DurationVar(&f.minBackoff, "min-backoff", 5*time.Second, "first wait before a failed pass is retried (doubles each time)")
 	fs.DurationVar(&f.maxBackoff, "max-backoff", 5*time.Minute, "longest wait before a failed pass is retried")
 }
@@ -160,10 +164,11 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	ctrl := reconciler.NewController(reconciler.ControllerOptions{
 		Source: src, Docker: rt, DefaultName: name,
 		PollInterval: f.pollInterval, MinBackoff: f.minBackoff, MaxBackoff: f.maxBackoff,
-		ForcePrune: f.forcePrune,
-		Apply:      reconciler.ApplyOptions{Parallelism: f.parallelism, StopTimeout: f.stopTimeout},
-		Logger:     log,
-		OnRun:      func(r reconciler.Run) { srv.ObserveRun(r) },
+		ForcePrune:  f.forcePrune,
+		Apply:       reconciler.ApplyOptions{Parallelism: f.parallelism, StopTimeout: f.stopTimeout, IgnoreBusy: f.ignoreBusy},
+		BusyRecheck: f.busyRecheck,
+		Logger:      log,
+		OnRun:       func(r reconciler.Run) { srv.ObserveRun(r) },
 		Events: func(ctx context.Context, labName string) <-chan runtime.Event {
 			errs := make(chan error, 1)
 			go func() {
