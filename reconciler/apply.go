@@ -123,6 +123,9 @@ type ApplyOptions struct {
 	// recreate).
 	IgnoreBusy bool
 	ForceBusy  map[string]bool
+	// ServerBusy, when set, asks the Testflinger server whether an agent
+	// without a labsync-agent heartbeat runs a job.
+	ServerBusy func(ctx context.Context, agent string) (bool, error)
 }
 
 // DefaultStopTimeout is Docker's own default grace period.
@@ -446,6 +449,16 @@ func (a *applier) busy(ctx context.Context, act *Action) (bool, string) {
 	if err != nil {
 		a.opts.Logger.Warn("agent activity unknown; not waiting for it", "object", act.Object, "err", err)
 		return false, ""
+	}
+	if !activity.Known && a.opts.ServerBusy != nil {
+		busy, err := a.opts.ServerBusy(ctx, act.Object)
+		if err != nil {
+			a.opts.Logger.Debug("agent activity unknown to the Testflinger server; not waiting for it", "object", act.Object, "err", err)
+			return false, ""
+		}
+		if busy {
+			return true, fmt.Sprintf("the Testflinger server says the agent runs a job; the %s waits until it ends", act.Kind)
+		}
 	}
 	if !activity.Busy {
 		return false, ""

@@ -445,6 +445,12 @@ func (c *Controller) stepConverge(ctx context.Context, run *Run, cleanSlate bool
 		aopts := c.opts.Apply
 		aopts.Logger = c.log.With("run_id", run.ID)
 		aopts.ForceBusy = c.busyExpired(desired)
+		if c.opts.AgentIdle != nil && desired.TestflingerServer != "" {
+			aopts.ServerBusy = func(ctx context.Context, agent string) (bool, error) {
+				idle, err := c.opts.AgentIdle(ctx, desired, agent)
+				return !idle, err
+			}
+		}
 		report := Apply(ctx, c.opts.Docker, plan, aopts)
 		run.Results = report.Results
 		c.trackBusy(report)
