@@ -5,8 +5,7 @@
 # Both run a stand-in program (testdata/standin), built here as a static Go
 # binary into a FROM scratch image that labsync builds from the lab's own
 # build context, with labsync-agent supervising each stand-in agent and
-# serving its healthcheck. The stand-in logs like testflinger-agent and
-# takes a short quiet "job" now and then.
+# serving its healthcheck. The stand-in logs like testflinger-agent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,6 +35,7 @@ step "Building labsync and the stand-in agent (static Go binaries)"
 go build -trimpath -o bin/labsync ./cmd/labsync
 rm -rf "$WORK" && mkdir -p "$WORK"
 cp -r testdata/demo-lab/. "$WORK/"
+cp testdata/standin/Dockerfile "$WORK/images/standin/Dockerfile"
 CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$WORK/images/standin/standin" ./testdata/standin
 CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$WORK/images/standin/labsync-agent" ./cmd/labsync-agent
 echo "    bin/labsync, $WORK (a copy of testdata/demo-lab)"

@@ -99,12 +99,12 @@ func loadLab(ctx context.Context, dir string, c *common, stderr io.Writer) (*lab
 			return nil, "", fmt.Errorf("lab repository %s is not a folder", dir)
 		}
 		// os.Root keeps every read inside the folder, even through a
-		// symbolic link that points out of it.
+		// symbolic link that points out of it. It stays open until the
+		// command ends: apply reads build contexts from it.
 		root, err := os.OpenRoot(dir)
 		if err != nil {
 			return nil, "", fmt.Errorf("lab repository: %w", err)
 		}
-		defer root.Close()
 		abs, _ := filepath.Abs(dir)
 		fsys, name = root.FS(), filepath.Base(abs)
 	}

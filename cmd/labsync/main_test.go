@@ -121,3 +121,24 @@ func TestValidateFromGitRepository(t *testing.T) {
 		t.Error("PATH and --repo together are accepted")
 	}
 }
+
+// apply builds an image from a build context in the lab folder.
+func TestApplyBuildsFromFolder(t *testing.T) {
+	rt := testenv.Docker(t)
+	name := testenv.Name(t)
+	testenv.CleanupLab(t, rt, name)
+	dir := t.TempDir()
+	testenv.WriteFiles(t, dir, map[string]string{
+		"lab.yaml":                   "name: " + name + "\ncontainer_prefix: " + name + "-\n",
+		"docker-compose.yaml":        "services:\n  files:\n    build: ./images/files\n    command: [/nothing]\n    restart: \"no\"\n",
+		"images/files/Dockerfile":    "FROM scratch\nCOPY hello.txt /hello.txt\n",
+		"images/files/hello.txt":     "hello\n",
+		"images/files/.dockerignore": "*.log\n",
+		"images/files/debug.log":     "ignored\n",
+	})
+	out, errOut, err := runCmd(t, "apply", dir)
+	// The service cannot run (/nothing), but its image must have been built.
+	if !strings.Contains(out, "build-image image images/files: ok") {
+		t.Fatalf("image not built: %v\n%s\n%s", err, out, errOut)
+	}
+}
