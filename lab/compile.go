@@ -20,7 +20,7 @@ type CompileOptions struct {
 // Compile turns a valid lab into the desired state of its Docker host. It
 // is deterministic: the same lab gives the same specs and hashes.
 func Compile(l *Lab, opts CompileOptions) *Desired {
-	d := &Desired{Lab: l.Name, Revision: opts.Revision, TestflingerServer: l.Config.Testflinger.Server}
+	d := &Desired{Lab: l.Name, Revision: opts.Revision, TestflingerServer: l.Config.Testflinger.Server, MQTTPrefix: orDefault(l.Config.MQTT.Prefix, "labsync/"+l.Name)}
 	if d.Revision == "" {
 		d.Revision = "dir-" + l.Digest[:12]
 	}
@@ -71,10 +71,16 @@ func Compile(l *Lab, opts CompileOptions) *Desired {
 			d.Containers = append(d.Containers, c)
 		}
 	}
+	d.Agents = map[string]AgentInfo{}
 	for _, s := range l.SUTs {
 		if !s.Enabled() {
 			continue
 		}
+		info := AgentInfo{Server: orDefault(l.Config.Testflinger.Server, s.Agent.ServerAddress)}
+		if s.Job != nil {
+			info.JobTemplate = s.Job.Data
+		}
+		d.Agents[s.Name] = info
 		c := l.compileAgent(s)
 		if c.Image == "" {
 			c.Image = addBuild(l.AgentImage.Build)

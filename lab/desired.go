@@ -40,6 +40,19 @@ type Desired struct {
 	// TestflingerServer is the lab's Testflinger server (lab.yaml), used
 	// to ask whether an agent is busy.
 	TestflingerServer string
+	// MQTTPrefix is the lab's MQTT topic prefix (default labsync/<lab>).
+	MQTTPrefix string
+	// Agents holds what the submit bridge needs of each enabled agent.
+	Agents map[string]AgentInfo
+}
+
+// AgentInfo is an agent's job template and Testflinger server.
+type AgentInfo struct {
+	// JobTemplate is sut/<name>.yaml, empty when there is none.
+	JobTemplate []byte
+	// Server is lab.yaml's testflinger.server, else the agent's
+	// server_address.
+	Server string
 }
 
 // PrunePolicy says whether orphans are removed and the guard against mass

@@ -29,6 +29,8 @@ type Docker interface {
 	Engine
 	Observe(ctx context.Context, labName string) (*runtime.Observed, error)
 	Ping(ctx context.Context) error
+	RestartContainer(ctx context.Context, id string, timeout time.Duration) error
+	FailingStreak(ctx context.Context, id string) (int, error)
 }
 
 var _ Docker = (*runtime.Client)(nil)
@@ -66,6 +68,21 @@ type ControllerOptions struct {
 	// slate recreates only idle agents. Without it a clean slate does
 	// nothing.
 	AgentIdle func(ctx context.Context, d *lab.Desired, agent string) (bool, error)
+	// OnState is called whenever the status changes: after each pass and
+	// each refresh of the observed state (on Docker events).
+	OnState func(LabStatus)
+	// OnEvent receives events: passes, actions, auto-heals, commands.
+	OnEvent func(Event)
+	// AutoHeal restarts an agent that failed After healthchecks in a row,
+	// at most Max times per Window. After 0 disables it.
+	AutoHeal AutoHeal
+}
+
+// AutoHeal configures restarts of unhealthy agents.
+type AutoHeal struct {
+	After  int
+	Max    int
+	Window time.Duration
 }
 
 // Run is the record of one pass.
@@ -111,6 +128,8 @@ type LabStatus struct {
 	Observed   *runtime.Observed `json:"-"`
 	Plan       *Changeset        `json:"-"`
 	LastErrors map[string]string `json:"-"`
+	// Offline lists agents whose device is marked offline.
+	Offline map[string]bool `json:"-"`
 }
 
 // Controller runs passes: one at a time, whenever triggered, coalescing
@@ -128,7 +147,12 @@ type Controller struct {
 	// deferred; only Run's goroutine uses it.
 	busySince map[string]time.Time
 
+	refresh chan struct{}
+	heals   FlapLimiter
+
 	mu         sync.Mutex
+	stateSinks []func(LabStatus)
+	eventSinks []func(Event)
 	cleanSlate bool
 	pending    []string
 	runs       []Run // newest first
@@ -154,7 +178,11 @@ func NewController(opts ControllerOptions) *Controller {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Controller{opts: opts, log: opts.Logger, wake: make(chan struct{}, 1), busySince: map[string]time.Time{}, status: LabStatus{Lab: opts.DefaultName, LastErrors: map[string]string{}}}
+	c := &Controller{opts: opts, log: opts.Logger, wake: make(chan struct{}, 1), refresh: make(chan struct{}, 1), busySince: map[string]time.Time{},
+		heals:  FlapLimiter{Max: opts.AutoHeal.Max, Window: opts.AutoHeal.Window},
+		status: LabStatus{Lab: opts.DefaultName, LastErrors: map[string]string{}, Offline: map[string]bool{}}}
+	c.AddSinks(opts.OnState, opts.OnEvent)
+	return c
 }
 
 // Trigger asks for a pass. It never blocks; a trigger during a pass causes
@@ -198,6 +226,10 @@ func (c *Controller) Status() LabStatus {
 	for k, v := range c.status.LastErrors {
 		s.LastErrors[k] = v
 	}
+	s.Offline = make(map[string]bool, len(c.status.Offline))
+	for k, v := range c.status.Offline {
+		s.Offline[k] = v
+	}
 	return s
 }
 
@@ -218,6 +250,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		}
 	}()
 	c.Trigger("start")
+	go c.refresher(ctx)
 	var poll, retry, recheck <-chan time.Time
 	resetPoll := func() {
 		if c.opts.PollInterval > 0 {
@@ -467,8 +500,8 @@ func (c *Controller) stepConverge(ctx context.Context, run *Run, cleanSlate bool
 		// What still differs after the apply: the drift status shows.
 		plan = Plan(desired, obs, PlanOptions{ForcePrune: c.opts.ForcePrune})
 	}
+	c.setObserved(ctx, obs)
 	c.mu.Lock()
-	c.status.Observed = obs
 	c.status.Plan = plan
 	for _, r := range run.Results {
 		key := r.Action.ObjectKind + "/" + r.Action.Object
@@ -548,7 +581,6 @@ func (c *Controller) idleAgents(ctx context.Context, d *lab.Desired) map[string]
 
 func (c *Controller) record(run Run) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	c.status.Passing = false
 	r := run
 	c.status.LastRun = &r
@@ -556,6 +588,163 @@ func (c *Controller) record(run Run) {
 	if len(c.runs) > c.opts.History {
 		c.runs = c.runs[:c.opts.History]
 	}
+	c.mu.Unlock()
+	for _, res := range run.Results {
+		e := Event{Time: time.Now(), Type: "action", Object: res.Action.ObjectKind + "/" + res.Action.Object,
+			Message: fmt.Sprintf("%s %s: %s", res.Action.Kind, res.Action.Target, res.Status), Error: res.Status != StatusOK && res.Status != StatusDeferred}
+		if res.Error != "" {
+			e.Message += ": " + res.Error
+		}
+		c.emit(e)
+	}
+	c.emit(Event{Time: time.Now(), Type: "pass", Message: fmt.Sprintf("pass %d %s at %s (%s)", run.ID, run.Result, short(run.Revision), strings.Join(run.Triggers, ", ")), Error: run.Result == ResultError || run.Result == ResultFailed || run.Result == ResultInvalid})
+	c.notify()
+}
+
+func (c *Controller) emit(e Event) {
+	c.mu.Lock()
+	sinks := c.eventSinks
+	c.mu.Unlock()
+	for _, f := range sinks {
+		f(e)
+	}
+}
+
+func (c *Controller) notify() {
+	c.mu.Lock()
+	sinks := c.stateSinks
+	c.mu.Unlock()
+	if len(sinks) == 0 {
+		return
+	}
+	st := c.Status()
+	for _, f := range sinks {
+		f(st)
+	}
+}
+
+// AddSinks adds receivers of status changes and events, besides OnState
+// and OnEvent.
+func (c *Controller) AddSinks(state func(LabStatus), event func(Event)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if state != nil {
+		c.stateSinks = append(c.stateSinks, state)
+	}
+	if event != nil {
+		c.eventSinks = append(c.eventSinks, event)
+	}
+}
+
+// setObserved records what the host runs, marks the agents whose device is
+// offline, and auto-heals unhealthy agents when asked to.
+func (c *Controller) setObserved(ctx context.Context, obs *runtime.Observed) {
+	offline := map[string]bool{}
+	for _, o := range obs.Containers {
+		if o.Kind != lab.KindAgent || o.Health != "unhealthy" || o.Aside {
+			continue
+		}
+		if a, err := c.opts.Docker.AgentActivity(ctx, o.ID); err == nil && a.Offline {
+			offline[o.Object] = true
+			continue
+		}
+		c.autoHeal(ctx, o)
+	}
+	c.mu.Lock()
+	c.status.Observed = obs
+	c.status.Offline = offline
+	c.mu.Unlock()
+}
+
+// autoHeal restarts an agent that failed enough healthchecks in a row,
+// within its restart budget. Each restart, and each refusal, is an event.
+func (c *Controller) autoHeal(ctx context.Context, o runtime.ObservedContainer) {
+	ah := c.opts.AutoHeal
+	if ah.After <= 0 {
+		return
+	}
+	streak, err := c.opts.Docker.FailingStreak(ctx, o.ID)
+	if err != nil || streak < ah.After {
+		return
+	}
+	key := "agent/" + o.Object
+	if !c.heals.Allow(key, time.Now()) {
+		c.emit(Event{Time: time.Now(), Type: "auto-heal", Object: key, Error: true,
+			Message: fmt.Sprintf("%s is unhealthy (%d failed checks) but was restarted %d times within %s already; not restarting it again", o.Name, streak, ah.Max, ah.Window)})
+		return
+	}
+	err = c.opts.Docker.RestartContainer(ctx, o.ID, c.opts.Apply.StopTimeout)
+	e := Event{Time: time.Now(), Type: "auto-heal", Object: key, Message: fmt.Sprintf("restarted %s after %d failed healthchecks in a row", o.Name, streak)}
+	if err != nil {
+		e.Message, e.Error = fmt.Sprintf("restart of unhealthy %s failed: %v", o.Name, err), true
+	}
+	c.log.Warn("auto-heal", "object", key, "streak", streak, "err", err)
+	c.emit(e)
+}
+
+// refresher re-observes the host whenever an event asks, coalescing bursts,
+// so published state follows containers within seconds, between passes.
+func (c *Controller) refresher(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.refresh:
+		}
+		c.mu.Lock()
+		d := c.status.Desired
+		c.mu.Unlock()
+		if d == nil {
+			continue
+		}
+		obs, err := c.opts.Docker.Observe(ctx, d.Lab)
+		if err != nil {
+			c.log.Warn("refresh of the observed state failed", "err", err)
+			continue
+		}
+		c.setObserved(ctx, obs)
+		c.notify()
+	}
+}
+
+// Refresh asks for the observed state to be read again soon; it never
+// blocks.
+func (c *Controller) Refresh() {
+	select {
+	case c.refresh <- struct{}{}:
+	default:
+	}
+}
+
+// RestartAgent restarts a managed agent's container now (the MQTT restart
+// command). Only agents of this lab's desired state that have a container
+// can be restarted.
+func (c *Controller) RestartAgent(ctx context.Context, name string) error {
+	st := c.Status()
+	if st.Observed == nil {
+		return fmt.Errorf("no pass has observed the host yet")
+	}
+	for _, o := range st.Observed.Containers {
+		if o.Kind == lab.KindAgent && o.Object == name && !o.Aside {
+			err := c.opts.Docker.RestartContainer(ctx, o.ID, c.opts.Apply.StopTimeout)
+			e := Event{Time: time.Now(), Type: "command", Object: "agent/" + name, Message: "restarted " + o.Name + " on request"}
+			if err != nil {
+				e.Message, e.Error = fmt.Sprintf("restart of %s failed: %v", o.Name, err), true
+			}
+			c.emit(e)
+			c.Refresh()
+			return err
+		}
+	}
+	return fmt.Errorf("no managed agent %q", name)
+}
+
+// Emit publishes an event from outside the controller (commands, submits).
+func (c *Controller) Emit(e Event) {
+	if e.Time.IsZero() {
+		e.Time = time.Now()
+	}
+	c.emit(e)
 }
 
 // FlapLimiter drops events of an object that triggered more than Max
@@ -608,10 +797,15 @@ func (c *Controller) watch(labName string) {
 	go c.WatchEvents(c.opts.Events(ctx, labName), limit)
 }
 
-// WatchEvents triggers a pass for each die, destroy or unhealthy event of a
-// managed container, within the flap limit, until events closes.
+// WatchEvents refreshes the observed state on each event of a managed
+// container, and triggers a pass for each die, destroy or unhealthy event
+// within the flap limit, until events closes.
 func (c *Controller) WatchEvents(events <-chan runtime.Event, limit *FlapLimiter) {
 	for e := range events {
+		c.Refresh()
+		if e.Action == "start" || e.Action == "health_status: healthy" || e.Action == "health_status: starting" {
+			continue // nothing to repair
+		}
 		key := e.Kind + "/" + e.Object
 		if !limit.Allow(key, time.Now()) {
 			c.log.Warn("event ignored: flap limit reached", "object", key, "action", e.Action)

@@ -391,10 +391,11 @@ const AgentHeartbeatPath = "/run/labsync-agent/heartbeat.json"
 // Activity is what an agent container's supervisor says it is doing.
 type Activity struct {
 	// Known is false when the container has no labsync-agent heartbeat.
-	Known bool
-	Busy  bool
-	JobID string
-	Since time.Time
+	Known   bool
+	Busy    bool
+	JobID   string
+	Since   time.Time
+	Offline bool
 }
 
 // AgentActivity reads the labsync-agent heartbeat out of a running agent
@@ -413,12 +414,34 @@ func (c *Client) AgentActivity(ctx context.Context, id string) (Activity, error)
 		return Activity{}, fmt.Errorf("read agent heartbeat: %w", err)
 	}
 	var hb struct {
-		State string    `json:"state"`
-		JobID string    `json:"job_id"`
-		Since time.Time `json:"since"`
+		State   string    `json:"state"`
+		JobID   string    `json:"job_id"`
+		Since   time.Time `json:"since"`
+		Offline bool      `json:"offline"`
 	}
 	if err := json.NewDecoder(io.LimitReader(tr, 1<<20)).Decode(&hb); err != nil {
 		return Activity{}, fmt.Errorf("read agent heartbeat: %w", err)
 	}
-	return Activity{Known: true, Busy: hb.State == "busy", JobID: hb.JobID, Since: hb.Since}, nil
+	return Activity{Known: true, Busy: hb.State == "busy", JobID: hb.JobID, Since: hb.Since, Offline: hb.Offline}, nil
+}
+
+// RestartContainer stops a container (within timeout) and starts it again.
+func (c *Client) RestartContainer(ctx context.Context, id string, timeout time.Duration) error {
+	secs := int(timeout.Seconds())
+	if err := c.api.ContainerRestart(ctx, id, container.StopOptions{Timeout: &secs}); err != nil {
+		return fmt.Errorf("restart: %w", err)
+	}
+	return nil
+}
+
+// FailingStreak returns how many healthchecks in a row a container failed.
+func (c *Client) FailingStreak(ctx context.Context, id string) (int, error) {
+	info, err := c.api.ContainerInspect(ctx, id)
+	if err != nil {
+		return 0, fmt.Errorf("inspect: %w", err)
+	}
+	if info.State == nil || info.State.Health == nil {
+		return 0, nil
+	}
+	return info.State.Health.FailingStreak, nil
 }

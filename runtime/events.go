@@ -2,7 +2,6 @@ package runtime
 
 import (
 	"context"
-	"strings"
 	"time"
 
 	"github.com/docker/docker/api/types/events"
@@ -19,7 +18,7 @@ type Event struct {
 	Time   time.Time
 }
 
-// Events streams die, destroy and health events of the lab's containers
+// Events streams die, destroy, start and health events of the lab's containers
 // until ctx ends. When the stream breaks it is reopened after a pause;
 // errors are sent to errs without blocking.
 func (c *Client) Events(ctx context.Context, labName string, errs chan<- error) <-chan Event {
@@ -30,6 +29,7 @@ func (c *Client) Events(ctx context.Context, labName string, errs chan<- error) 
 		filters.Arg("label", LabelLab+"="+labName),
 		filters.Arg("event", "die"),
 		filters.Arg("event", "destroy"),
+		filters.Arg("event", "start"),
 		filters.Arg("event", "health_status"),
 	)
 	go func() {
@@ -56,9 +56,6 @@ func (c *Client) Events(ctx context.Context, labName string, errs chan<- error) 
 						Kind:   m.Actor.Attributes[LabelKind],
 						Name:   m.Actor.Attributes["name"],
 						Time:   time.Unix(0, m.TimeNano),
-					}
-					if strings.HasPrefix(e.Action, "health_status") && !strings.Contains(e.Action, "unhealthy") {
-						continue
 					}
 					select {
 					case out <- e:

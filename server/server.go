@@ -8,8 +8,6 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/http"
-	"sort"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -105,116 +103,18 @@ func (s *Server) handleSync(w http.ResponseWriter, r *http.Request) {
 }
 
 // StatusView is the JSON of /api/v1/status.
-type StatusView struct {
-	Lab         string    `json:"lab"`
-	Revision    string    `json:"revision"`
-	LastGood    string    `json:"last_good_revision,omitempty"`
-	Invalid     string    `json:"invalid_revision,omitempty"`
-	Ready       bool      `json:"ready"`
-	Passing     bool      `json:"passing"`
-	LastResult  string    `json:"last_result,omitempty"`
-	LastError   string    `json:"last_error,omitempty"`
-	LastRun     time.Time `json:"last_run,omitempty"`
-	LastSuccess time.Time `json:"last_success,omitempty"`
-	Agents      int       `json:"agents"`
-	Services    int       `json:"services"`
-	Drifted     int       `json:"drifted"`
-}
+type StatusView = reconciler.Summary
 
-func statusView(st reconciler.LabStatus) StatusView {
-	v := StatusView{Lab: st.Lab, Revision: st.Revision, LastGood: st.LastGood, Invalid: st.Invalid, Ready: st.Ready, Passing: st.Passing, LastSuccess: st.LastOK}
-	if r := st.LastRun; r != nil {
-		v.LastResult, v.LastError, v.LastRun = r.Result, r.Error, r.Started
-	}
-	for _, o := range objectsView(st) {
-		if o.Kind == string(lab.KindAgent) {
-			v.Agents++
-		} else {
-			v.Services++
-		}
-		if o.Drift != "" {
-			v.Drifted++
-		}
-	}
-	return v
-}
+func statusView(st reconciler.LabStatus) StatusView { return st.Summary() }
 
 func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, statusView(s.opts.Status.Status()))
 }
 
 // ObjectView is one agent or service in /api/v1/agents and on the page.
-type ObjectView struct {
-	Name      string `json:"name"`
-	Kind      string `json:"kind"`
-	Container string `json:"container"`
-	State     string `json:"state"`
-	Status    string `json:"status,omitempty"`
-	Health    string `json:"health,omitempty"`
-	// Drift is what the last plan wanted to do about the object, if
-	// anything: create, recreate, start, remove.
-	Drift     string `json:"drift,omitempty"`
-	Reason    string `json:"reason,omitempty"`
-	Revision  string `json:"revision,omitempty"`
-	LastError string `json:"last_error,omitempty"`
-	Image     string `json:"image,omitempty"`
-}
+type ObjectView = reconciler.ObjectStatus
 
-func objectsView(st reconciler.LabStatus) []ObjectView {
-	byKey := map[string]*ObjectView{}
-	var order []string
-	get := func(kind, name string) *ObjectView {
-		k := kind + "/" + name
-		if o := byKey[k]; o != nil {
-			return o
-		}
-		o := &ObjectView{Name: name, Kind: kind, State: "missing"}
-		byKey[k] = o
-		order = append(order, k)
-		return o
-	}
-	if st.Desired != nil {
-		for _, c := range st.Desired.Containers {
-			o := get(string(c.Kind), c.Name)
-			o.Container, o.Image = c.ContainerName, c.Image
-		}
-	}
-	if st.Observed != nil {
-		for _, c := range st.Observed.Containers {
-			if c.Aside {
-				continue
-			}
-			o := get(string(c.Kind), c.Object)
-			o.Container, o.State, o.Status, o.Health, o.Revision, o.Image = c.Name, c.State, c.Status, c.Health, c.Revision, c.Image
-		}
-	}
-	if st.Plan != nil {
-		for _, a := range st.Plan.Actions {
-			if a.ObjectKind != string(lab.KindAgent) && a.ObjectKind != string(lab.KindService) {
-				continue
-			}
-			o := get(a.ObjectKind, a.Object)
-			o.Drift = string(a.Kind)
-			o.Reason = strings.Join(a.Reasons, "; ")
-		}
-	}
-	for k, e := range st.LastErrors {
-		if o := byKey[k]; o != nil {
-			o.LastError = e
-		}
-	}
-	out := make([]ObjectView, 0, len(order))
-	for _, k := range order {
-		out = append(out, *byKey[k])
-	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].Kind != out[j].Kind {
-			return out[i].Kind == string(lab.KindService)
-		}
-		return out[i].Name < out[j].Name
-	})
-	return out
-}
+func objectsView(st reconciler.LabStatus) []ObjectView { return st.Objects() }
 
 func (s *Server) handleAgents(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, objectsView(s.opts.Status.Status()))

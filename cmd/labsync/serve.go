@@ -42,6 +42,8 @@ type serveFlags struct {
 	minBackoff       time.Duration
 	busyRecheck      time.Duration
 	ignoreBusy       bool
+	mqtt             mqttFlags
+	autoHeal         reconciler.AutoHeal
 	maxBackoff       time.Duration
 }
 
@@ -63,6 +65,10 @@ func (f *serveFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.flapWindow, "flap-window", 10*time.Minute, "window of --flap-limit")
 	fs.DurationVar(&f.busyRecheck, "busy-recheck", 30*time.Second, "how soon a change deferred for a busy agent is tried again")
 	fs.BoolVar(&f.ignoreBusy, "ignore-busy", false, "recreate or remove agents even while they run a job")
+	f.mqtt.register(fs)
+	fs.IntVar(&f.autoHeal.After, "auto-heal-after", 0, "restart an agent that failed this many healthchecks in a row; 0 disables auto-heal")
+	fs.IntVar(&f.autoHeal.Max, "auto-heal-max", 3, "auto-heal restarts of one agent allowed within --auto-heal-window")
+	fs.DurationVar(&f.autoHeal.Window, "auto-heal-window", time.Hour, "window of --auto-heal-max")
 	fs.DurationVar(&f.minBackoff, "min-backoff", 5*time.Second, "first wait before a failed pass is retried (doubles each time)")
 	fs.DurationVar(&f.maxBackoff, "max-backoff", 5*time.Minute, "longest wait before a failed pass is retried")
 }
@@ -161,6 +167,11 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 
 	var srv *server.Server
+	mq, err := f.mqtt.start(log)
+	if err != nil {
+		return err
+	}
+	defer mq.close()
 	ctrl := reconciler.NewController(reconciler.ControllerOptions{
 		Source: src, Docker: rt, DefaultName: name,
 		PollInterval: f.pollInterval, MinBackoff: f.minBackoff, MaxBackoff: f.maxBackoff,
@@ -186,6 +197,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		FlapLimit: &reconciler.FlapLimiter{Max: f.flapMax, Window: f.flapWindow},
 		AgentIdle: testflingerIdle,
 	})
+	mq.attach(ctrl)
 	srv = server.New(server.Options{
 		Status: ctrl, Trigger: ctrl.Trigger, Branch: f.git.branch,
 		WebhookSecret: []byte(secret), WebhookToken: []byte(token), Insecure: f.insecureWebhooks,

@@ -66,7 +66,7 @@ func startDaemon(t testing.TB, args ...string) *daemon {
 	ctx, cancel := context.WithCancel(context.Background())
 	d := &daemon{t: t, url: "http://" + addr, cancel: cancel, done: make(chan error, 1), out: &syncBuffer{}}
 	go func() {
-		d.done <- run(ctx, append([]string{"serve", "--listen", addr, "--log-level", "debug"}, args...), d.out, d.out)
+		d.done <- run(ctx, append([]string{"serve", "--listen", addr, "--log-level", "debug", "--mqtt-listen", "127.0.0.1:0"}, args...), d.out, d.out)
 	}()
 	t.Cleanup(d.stop)
 	testenv.Eventually(t, 60*time.Second, "daemon never became ready", func() bool {

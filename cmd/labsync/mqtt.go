@@ -1,0 +1,121 @@
+package main
+
+import (
+	"flag"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/labsync/labsync/mqttbus"
+	"github.com/labsync/labsync/reconciler"
+)
+
+// mqttFlags configure labsync serve's MQTT side.
+type mqttFlags struct {
+	broker, username, passwordFile string
+	caFile, certFile, keyFile      string
+	clientID, listen               string
+	submitPoll                     time.Duration
+}
+
+func (m *mqttFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&m.broker, "mqtt", "", "MQTT broker (tcp://host:1883, ssl://host:8883); empty starts the embedded broker on --mqtt-listen")
+	fs.StringVar(&m.username, "mqtt-username", "", "MQTT user name")
+	fs.StringVar(&m.passwordFile, "mqtt-password-file", "", "file with the MQTT password (or LABSYNC_MQTT_PASSWORD)")
+	fs.StringVar(&m.caFile, "mqtt-ca-file", "", "CA certificate to verify an ssl:// broker")
+	fs.StringVar(&m.certFile, "mqtt-cert-file", "", "client certificate for the broker")
+	fs.StringVar(&m.keyFile, "mqtt-key-file", "", "key of --mqtt-cert-file")
+	fs.StringVar(&m.clientID, "mqtt-client-id", "", "MQTT client id (default labsync-<lab>-<host>-<random>: unique per lab and replica)")
+	fs.StringVar(&m.listen, "mqtt-listen", ":1883", "address of the embedded broker, started when --mqtt is empty; empty disables MQTT")
+	fs.DurationVar(&m.submitPoll, "submit-poll", 10*time.Second, "how often the state of a job submitted over MQTT is read")
+}
+
+// mqttSide is the broker, bus and bridge of a running daemon. The bus is
+// connected once the lab's name and topic prefix are known (after the
+// first valid revision).
+type mqttSide struct {
+	flags  *mqttFlags
+	log    *slog.Logger
+	broker *mqttbus.Broker
+	url    string
+
+	once   sync.Once
+	mu     sync.Mutex
+	bus    *mqttbus.Bus
+	bridge *mqttbus.Bridge
+	prefix string
+}
+
+func (m *mqttFlags) start(log *slog.Logger) (*mqttSide, error) {
+	side := &mqttSide{flags: m, log: log, url: m.broker}
+	if m.broker == "" && m.listen != "" {
+		b, err := mqttbus.StartBroker(m.listen, log)
+		if err != nil {
+			// A lab host often runs its own Mosquitto on 1883: say how to
+			// use it, and go on without MQTT rather than not at all.
+			log.Error("embedded MQTT broker not started; MQTT status is off (give --mqtt tcp://host:1883 to use a running broker, or another --mqtt-listen)", "err", err)
+			return side, nil
+		}
+		side.broker, side.url = b, b.URL()
+		log.Info("embedded MQTT broker started", "listen", b.Addr())
+	}
+	return side, nil
+}
+
+// attach makes the controller's status and events flow to MQTT.
+func (s *mqttSide) attach(ctrl *reconciler.Controller) {
+	if s.url == "" {
+		return
+	}
+	ctrl.AddSinks(func(st reconciler.LabStatus) { s.publish(ctrl, st) }, func(e reconciler.Event) {
+		s.mu.Lock()
+		b := s.bridge
+		s.mu.Unlock()
+		if b != nil {
+			b.Event(e)
+		}
+	})
+}
+
+func (s *mqttSide) publish(ctrl *reconciler.Controller, st reconciler.LabStatus) {
+	if st.Desired == nil {
+		return
+	}
+	s.mu.Lock()
+	if s.bus == nil {
+		password, err := readSecret(s.flags.passwordFile, "LABSYNC_MQTT_PASSWORD")
+		if err != nil {
+			s.mu.Unlock()
+			s.log.Error("mqtt password", "err", err)
+			return
+		}
+		bus, err := mqttbus.Connect(mqttbus.Options{
+			Broker: s.url, Username: s.flags.username, Password: password,
+			CAFile: s.flags.caFile, CertFile: s.flags.certFile, KeyFile: s.flags.keyFile,
+			ClientID: s.flags.clientID, Prefix: st.Desired.MQTTPrefix, Lab: st.Lab, Logger: s.log,
+		})
+		if err != nil {
+			s.mu.Unlock()
+			s.log.Error("mqtt", "err", err)
+			return
+		}
+		s.bus, s.prefix = bus, st.Desired.MQTTPrefix
+		s.bridge = mqttbus.NewBridge(mqttbus.BridgeOptions{Bus: bus, Controller: ctrl, SubmitPoll: s.flags.submitPoll, Logger: s.log})
+	} else if st.Desired.MQTTPrefix != s.prefix {
+		s.log.Warn("mqtt.prefix changed; restart labsync serve to use it", "in_use", s.prefix, "new", st.Desired.MQTTPrefix)
+	}
+	b := s.bridge
+	s.mu.Unlock()
+	b.Publish(st)
+}
+
+func (s *mqttSide) close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.bus != nil {
+		s.bus.Close()
+	}
+	if s.broker != nil {
+		_ = s.broker.Close()
+	}
+}

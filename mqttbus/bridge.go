@@ -1,0 +1,234 @@
+package mqttbus
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/labsync/labsync/lab"
+	"github.com/labsync/labsync/reconciler"
+	"github.com/labsync/labsync/testflinger"
+)
+
+// Controller is what the bridge needs of the daemon's controller.
+type Controller interface {
+	Status() reconciler.LabStatus
+	Trigger(reason string)
+	RestartAgent(ctx context.Context, name string) error
+	Emit(e reconciler.Event)
+}
+
+// BridgeOptions configure a Bridge.
+type BridgeOptions struct {
+	Bus        *Bus
+	Controller Controller
+	// SubmitPoll is how often a submitted job's state is read (default
+	// 10s); SubmitFollow bounds how long it is followed (default 24h).
+	SubmitPoll, SubmitFollow time.Duration
+	Logger                   *slog.Logger
+}
+
+// Bridge connects the controller to MQTT: it publishes the status tree
+// and events, and takes commands and job submissions.
+type Bridge struct {
+	opts BridgeOptions
+	bus  *Bus
+	log  *slog.Logger
+	sem  chan struct{} // bounds concurrent submissions
+
+	mu      sync.Mutex
+	objects map[string]objectState // topic → last state
+}
+
+type objectState struct {
+	body    string // the state without its time
+	changed time.Time
+}
+
+// NewBridge subscribes the commands and the submit topics.
+func NewBridge(o BridgeOptions) *Bridge {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.SubmitPoll == 0 {
+		o.SubmitPoll = 10 * time.Second
+	}
+	if o.SubmitFollow == 0 {
+		o.SubmitFollow = 24 * time.Hour
+	}
+	b := &Bridge{opts: o, bus: o.Bus, log: o.Logger, sem: make(chan struct{}, 4), objects: map[string]objectState{}}
+	p := o.Bus.Prefix()
+	o.Bus.Subscribe(p+"/cmd/#", 1, b.onCommand)
+	o.Bus.Subscribe(p+"/agents/+/cmd", 1, b.onAgentCommand)
+	o.Bus.Subscribe("+/submit", 1, b.onSubmit)
+	return b
+}
+
+// stateMsg is the payload of <prefix>/agents/<name>/state and
+// <prefix>/services/<name>/state.
+type stateMsg struct {
+	reconciler.ObjectStatus
+	Changed time.Time `json:"changed"`
+}
+
+// Publish publishes the status and every object's state that changed.
+func (b *Bridge) Publish(st reconciler.LabStatus) {
+	p := b.bus.Prefix()
+	sum, _ := json.Marshal(st.Summary())
+	b.bus.Retain(p+"/status", sum)
+	seen := map[string]bool{}
+	for _, o := range st.Objects() {
+		kind := "agents"
+		if o.Kind == string(lab.KindService) {
+			kind = "services"
+		}
+		topic := fmt.Sprintf("%s/%s/%s/state", p, kind, o.Name)
+		seen[topic] = true
+		body, _ := json.Marshal(o)
+		b.mu.Lock()
+		prev, ok := b.objects[topic]
+		if !ok || prev.body != string(body) {
+			prev = objectState{body: string(body), changed: time.Now()}
+			b.objects[topic] = prev
+		}
+		b.mu.Unlock()
+		msg, _ := json.Marshal(stateMsg{ObjectStatus: o, Changed: prev.changed.UTC()})
+		b.bus.Retain(topic, msg)
+	}
+	b.mu.Lock()
+	var gone []string
+	for topic := range b.objects {
+		if !seen[topic] {
+			gone = append(gone, topic)
+			delete(b.objects, topic)
+		}
+	}
+	b.mu.Unlock()
+	for _, t := range gone {
+		b.bus.Forget(t)
+	}
+}
+
+// Event publishes an event on <prefix>/events (not retained).
+func (b *Bridge) Event(e reconciler.Event) {
+	data, _ := json.Marshal(e)
+	b.bus.Publish(b.bus.Prefix()+"/events", data, 1)
+}
+
+func (b *Bridge) errorEvent(object, format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	b.log.Warn("mqtt: refused", "object", object, "reason", msg)
+	b.opts.Controller.Emit(reconciler.Event{Type: "command", Object: object, Message: msg, Error: true})
+}
+
+func (b *Bridge) onCommand(topic string, payload []byte) {
+	cmd := strings.TrimPrefix(topic, b.bus.Prefix()+"/cmd/")
+	switch cmd {
+	case "sync":
+		b.opts.Controller.Trigger("mqtt: sync")
+		b.opts.Controller.Emit(reconciler.Event{Type: "command", Message: "sync requested over MQTT"})
+	default:
+		b.errorEvent("", "unknown command %q on %s; known: %s/cmd/sync, %s/agents/<name>/cmd restart", clip(cmd), clip(topic), b.bus.Prefix(), b.bus.Prefix())
+	}
+}
+
+func (b *Bridge) onAgentCommand(topic string, payload []byte) {
+	name := strings.TrimSuffix(strings.TrimPrefix(topic, b.bus.Prefix()+"/agents/"), "/cmd")
+	cmd := strings.TrimSpace(string(payload))
+	if cmd != "restart" {
+		b.errorEvent("agent/"+clip(name), "unknown agent command %q; known: restart", clip(cmd))
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := b.opts.Controller.RestartAgent(ctx, name); err != nil {
+		b.errorEvent("agent/"+clip(name), "restart: %v", err)
+	}
+}
+
+// clip shortens untrusted text for messages.
+func clip(s string) string {
+	if len(s) > 80 {
+		s = s[:80] + "…"
+	}
+	return strings.ToValidUTF8(s, "?")
+}
+
+func (b *Bridge) status(sut string, st SubmitStatus) {
+	st.Time = time.Now().UTC().Format(time.RFC3339)
+	data, _ := json.Marshal(st)
+	b.bus.Publish(sut+"/submit_status", data, 1)
+}
+
+// onSubmit handles <sut>/submit: only the lab's own agents are served;
+// others (another lab's on the same broker) are ignored with an event.
+func (b *Bridge) onSubmit(topic string, payload []byte) {
+	sut := strings.TrimSuffix(topic, "/submit")
+	st := b.opts.Controller.Status()
+	if st.Desired == nil {
+		return
+	}
+	info, ok := st.Desired.Agents[sut]
+	if !ok {
+		b.errorEvent("agent/"+clip(sut), "submit for %q ignored: no such agent in lab %s", clip(sut), st.Lab)
+		return
+	}
+	job, err := ParseSubmit(sut, payload, info.JobTemplate)
+	if err != nil {
+		b.status(sut, SubmitStatus{State: "error", Error: err.Error()})
+		b.errorEvent("agent/"+sut, "submit refused: %v", err)
+		return
+	}
+	if info.Server == "" {
+		b.status(sut, SubmitStatus{State: "error", Error: "no Testflinger server: set testflinger.server in lab.yaml"})
+		return
+	}
+	select {
+	case b.sem <- struct{}{}:
+	default:
+		b.status(sut, SubmitStatus{State: "error", Error: "too many submissions at once; try again"})
+		return
+	}
+	defer func() { <-b.sem }()
+	client := testflinger.NewClient(info.Server)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	id, err := client.SubmitJob(ctx, job)
+	cancel()
+	if err != nil {
+		b.status(sut, SubmitStatus{State: "error", Error: err.Error()})
+		b.errorEvent("agent/"+sut, "submit failed: %v", err)
+		return
+	}
+	b.log.Info("job submitted", "sut", sut, "job_id", id)
+	b.status(sut, SubmitStatus{State: "submitted", JobID: id})
+	b.opts.Controller.Emit(reconciler.Event{Type: "submit", Object: "agent/" + sut, Message: "job " + id + " submitted"})
+	go b.follow(client, sut, id)
+}
+
+// follow publishes the job's state changes until it ends.
+func (b *Bridge) follow(client *testflinger.Client, sut, id string) {
+	ctx, cancel := context.WithTimeout(context.Background(), b.opts.SubmitFollow)
+	defer cancel()
+	tick := time.NewTicker(b.opts.SubmitPoll)
+	defer tick.Stop()
+	last := ""
+	for {
+		state, err := client.JobState(ctx, id)
+		if err == nil && state != "" && state != last {
+			last = state
+			b.status(sut, SubmitStatus{State: state, JobID: id})
+			if testflinger.FinalJobState(state) {
+				return
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}

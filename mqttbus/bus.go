@@ -1,0 +1,233 @@
+// Package mqttbus is labsync on MQTT: a paho client that publishes the lab's
+// retained status tree and events, keeps only the latest value of each
+// retained topic (republished after every reconnect, never queued), listens
+// for commands and job submissions, and an embedded broker for labs that
+// run none. It decides nothing: it renders and forwards.
+package mqttbus
+
+import (
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sort"
+	"sync"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+)
+
+// Options configure a Bus.
+type Options struct {
+	// Broker is tcp://host:1883, ssl://host:8883, ws:// or wss://.
+	Broker   string
+	Username string
+	Password string
+	// CAFile verifies the broker's certificate; CertFile and KeyFile are a
+	// client certificate.
+	CAFile, CertFile, KeyFile string
+	// ClientID is unique per lab and replica (default:
+	// labsync-<lab>-<host>-<random>).
+	ClientID string
+	// Prefix is the topic prefix (default labsync/<lab>).
+	Prefix string
+	Lab    string
+	Logger *slog.Logger
+}
+
+// Bus is a connection to the broker. Publishing never blocks and never
+// queues: while the broker is away only the latest retained values are
+// kept, and they are published again on reconnect.
+type Bus struct {
+	opts   Options
+	client mqtt.Client
+	log    *slog.Logger
+
+	mu       sync.Mutex
+	retained map[string][]byte
+	subs     map[string]subscription
+}
+
+type subscription struct {
+	qos     byte
+	handler func(topic string, payload []byte)
+}
+
+// Connect starts connecting to the broker in the background and returns at
+// once; the bus reconnects by itself.
+func Connect(o Options) (*Bus, error) {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Prefix == "" {
+		o.Prefix = "labsync/" + o.Lab
+	}
+	if o.ClientID == "" {
+		host, _ := os.Hostname()
+		var b [3]byte
+		_, _ = rand.Read(b[:])
+		o.ClientID = fmt.Sprintf("labsync-%s-%s-%s", o.Lab, host, hex.EncodeToString(b[:]))
+	}
+	b := &Bus{opts: o, log: o.Logger.With("broker", o.Broker), retained: map[string][]byte{}, subs: map[string]subscription{}}
+	co := mqtt.NewClientOptions().
+		AddBroker(o.Broker).
+		SetClientID(o.ClientID).
+		SetUsername(o.Username).SetPassword(o.Password).
+		SetKeepAlive(30*time.Second).
+		SetConnectTimeout(10*time.Second).
+		SetAutoReconnect(true).SetConnectRetry(true).
+		SetConnectRetryInterval(2*time.Second).SetMaxReconnectInterval(30*time.Second).
+		SetCleanSession(true).
+		SetOrderMatters(false).
+		SetWill(o.Prefix+"/online", "offline", 1, true).
+		SetOnConnectHandler(b.onConnect).
+		SetConnectionLostHandler(func(_ mqtt.Client, err error) { b.log.Warn("mqtt connection lost", "err", err) })
+	if o.CAFile != "" || o.CertFile != "" {
+		tc, err := tlsConfig(o)
+		if err != nil {
+			return nil, err
+		}
+		co.SetTLSConfig(tc)
+	}
+	b.client = mqtt.NewClient(co)
+	b.client.Connect() // retried in the background
+	return b, nil
+}
+
+func tlsConfig(o Options) (*tls.Config, error) {
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if o.CAFile != "" {
+		pem, err := os.ReadFile(o.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("mqtt CA file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, errors.New("mqtt CA file: no certificate in it")
+		}
+		tc.RootCAs = pool
+	}
+	if o.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(o.CertFile, o.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("mqtt client certificate: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return tc, nil
+}
+
+// Prefix returns the topic prefix of the lab.
+func (b *Bus) Prefix() string { return b.opts.Prefix }
+
+// Connected reports whether the connection is open now.
+func (b *Bus) Connected() bool { return b.client.IsConnectionOpen() }
+
+func (b *Bus) onConnect(c mqtt.Client) {
+	b.log.Info("mqtt connected")
+	b.send(b.opts.Prefix+"/online", []byte("online"), 1, true)
+	b.mu.Lock()
+	topics := make([]string, 0, len(b.retained))
+	for t := range b.retained {
+		topics = append(topics, t)
+	}
+	sort.Strings(topics)
+	msgs := make([][]byte, len(topics))
+	for i, t := range topics {
+		msgs[i] = b.retained[t]
+	}
+	subs := make(map[string]subscription, len(b.subs))
+	for t, s := range b.subs {
+		subs[t] = s
+	}
+	b.mu.Unlock()
+	for t, s := range subs {
+		b.subscribe(t, s)
+	}
+	for i, t := range topics {
+		b.send(t, msgs[i], 1, true)
+	}
+}
+
+// send publishes when the connection is open and drops the message when it
+// is not; it never waits for the broker.
+func (b *Bus) send(topic string, payload []byte, qos byte, retain bool) {
+	if !b.client.IsConnectionOpen() {
+		return
+	}
+	b.client.Publish(topic, qos, retain, payload)
+}
+
+// Retain publishes payload as the retained value of topic (QoS 1), unless
+// it is already the value; the latest value is published again after each
+// reconnect. It reports whether anything changed.
+func (b *Bus) Retain(topic string, payload []byte) bool {
+	b.mu.Lock()
+	if old, ok := b.retained[topic]; ok && string(old) == string(payload) {
+		b.mu.Unlock()
+		return false
+	}
+	b.retained[topic] = payload
+	b.mu.Unlock()
+	b.send(topic, payload, 1, true)
+	return true
+}
+
+// Forget clears a retained topic: an empty retained message removes it
+// from the broker.
+func (b *Bus) Forget(topic string) {
+	b.mu.Lock()
+	_, ok := b.retained[topic]
+	delete(b.retained, topic)
+	b.mu.Unlock()
+	if ok {
+		b.send(topic, nil, 1, true)
+	}
+}
+
+// Publish sends a message that is not retained; it is dropped while the
+// broker is away.
+func (b *Bus) Publish(topic string, payload []byte, qos byte) { b.send(topic, payload, qos, false) }
+
+// Subscribe registers handler for topic (wildcards allowed); the
+// subscription is renewed after each reconnect.
+func (b *Bus) Subscribe(topic string, qos byte, handler func(topic string, payload []byte)) {
+	s := subscription{qos: qos, handler: handler}
+	b.mu.Lock()
+	b.subs[topic] = s
+	b.mu.Unlock()
+	if b.client.IsConnectionOpen() {
+		b.subscribe(topic, s)
+	}
+}
+
+// Unsubscribe drops a subscription.
+func (b *Bus) Unsubscribe(topic string) {
+	b.mu.Lock()
+	_, ok := b.subs[topic]
+	delete(b.subs, topic)
+	b.mu.Unlock()
+	if ok && b.client.IsConnectionOpen() {
+		b.client.Unsubscribe(topic)
+	}
+}
+
+func (b *Bus) subscribe(topic string, s subscription) {
+	b.client.Subscribe(topic, s.qos, func(_ mqtt.Client, m mqtt.Message) {
+		// Handlers run on their own goroutine so a slow one never
+		// stalls paho's delivery of other messages.
+		go s.handler(m.Topic(), m.Payload())
+	})
+}
+
+// Close says offline and disconnects.
+func (b *Bus) Close() {
+	if b.client.IsConnectionOpen() {
+		b.client.Publish(b.opts.Prefix+"/online", 1, true, "offline").WaitTimeout(2 * time.Second)
+	}
+	b.client.Disconnect(500)
+}
