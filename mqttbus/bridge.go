@@ -82,6 +82,9 @@ func (b *Bridge) Publish(st reconciler.LabStatus) {
 	b.bus.Retain(p+"/status", sum)
 	seen := map[string]bool{}
 	for _, o := range st.Objects() {
+		// Docker's human status ("Up 3 seconds") changes every second;
+		// the state and health say what matters.
+		o.Status = ""
 		kind := "agents"
 		if o.Kind == string(lab.KindService) {
 			kind = "services"

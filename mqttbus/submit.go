@@ -74,6 +74,9 @@ func templateJob(sut string, template []byte) (map[string]any, error) {
 		if err := yaml.Unmarshal(template, &job); err != nil {
 			return nil, fmt.Errorf("the job template of %s is invalid: %v", sut, err)
 		}
+		if job == nil { // a null document
+			job = map[string]any{}
+		}
 	}
 	if _, ok := job["job_queue"]; !ok {
 		job["job_queue"] = sut
@@ -81,8 +84,19 @@ func templateJob(sut string, template []byte) (map[string]any, error) {
 	return job, nil
 }
 
-// checkJob applies Testflinger's job rules.
+// checkJob applies Testflinger's job rules; a job_queue YAML read as a
+// number becomes its text.
 func checkJob(job map[string]any) error {
+	switch q := job["job_queue"].(type) {
+	case string:
+		if strings.TrimSpace(q) == "" {
+			return errors.New("invalid job: job_queue is empty")
+		}
+	case int, int64, uint64, float64:
+		job["job_queue"] = fmt.Sprint(q)
+	default:
+		return fmt.Errorf("invalid job: job_queue must be a queue name, not %T", q)
+	}
 	var n yaml.Node
 	if err := n.Encode(job); err != nil {
 		return fmt.Errorf("job: %w", err)

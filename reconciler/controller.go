@@ -703,6 +703,7 @@ func (c *Controller) refresher(ctx context.Context) {
 			continue
 		}
 		c.setObserved(ctx, obs)
+		c.log.Debug("observed state refreshed", "containers", len(obs.Containers))
 		c.notify()
 	}
 }
@@ -803,7 +804,7 @@ func (c *Controller) watch(labName string) {
 func (c *Controller) WatchEvents(events <-chan runtime.Event, limit *FlapLimiter) {
 	for e := range events {
 		c.Refresh()
-		if e.Action == "start" || e.Action == "health_status: healthy" || e.Action == "health_status: starting" {
+		if e.Action == "start" || e.Action == "stop" || e.Action == "health_status: healthy" || e.Action == "health_status: starting" {
 			continue // nothing to repair
 		}
 		key := e.Kind + "/" + e.Object

@@ -30,6 +30,7 @@ func (c *Client) Events(ctx context.Context, labName string, errs chan<- error) 
 		filters.Arg("event", "die"),
 		filters.Arg("event", "destroy"),
 		filters.Arg("event", "start"),
+		filters.Arg("event", "stop"),
 		filters.Arg("event", "health_status"),
 	)
 	go func() {

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Makes sure what the tests need is here: git, a running Docker engine and
-# Chromium (the status page is tested in it). Installs and starts only what
-# is missing.
+# Makes sure what the tests need is here: git, a running Docker engine,
+# Chromium (the status page is tested in it) and Mosquitto (the tests start
+# their own brokers on loopback). Installs and starts only what is missing.
 set -euo pipefail
 
 need_apt=()
 command -v git >/dev/null || need_apt+=(git)
 command -v docker >/dev/null || need_apt+=(docker.io)
 command -v chromium >/dev/null || need_apt+=(chromium)
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "test-setup: installing ${need_apt[*]}"
   apt-get update -qq

@@ -106,6 +106,7 @@ func (s *mqttSide) publish(ctrl *reconciler.Controller, st reconciler.LabStatus)
 	}
 	b := s.bridge
 	s.mu.Unlock()
+	s.log.Debug("publishing status", "objects", len(st.Objects()))
 	b.Publish(st)
 }
 

@@ -1,0 +1,155 @@
+package testenv
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+)
+
+// Mosquitto is a real Mosquitto broker on a loopback port of its own.
+type Mosquitto struct {
+	t    testing.TB
+	URL  string
+	port int
+	conf string
+	cmd  *exec.Cmd
+}
+
+// StartMosquitto starts a broker for the test; it is stopped at cleanup.
+func StartMosquitto(t testing.TB) *Mosquitto {
+	t.Helper()
+	bin, err := exec.LookPath("mosquitto")
+	if err != nil {
+		for _, p := range []string{"/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"} {
+			if _, e := os.Stat(p); e == nil {
+				bin, err = p, nil
+			}
+		}
+	}
+	if err != nil {
+		if CI() {
+			t.Fatal("mosquitto required under CI=true (scripts/test-setup.sh installs it)")
+		}
+		t.Skip("no mosquitto")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "mosquitto.conf")
+	WriteFiles(t, dir, map[string]string{"mosquitto.conf": fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n", port)})
+	m := &Mosquitto{t: t, URL: fmt.Sprintf("tcp://127.0.0.1:%d", port), port: port, conf: conf}
+	_ = bin
+	m.Start()
+	t.Cleanup(m.Stop)
+	return m
+}
+
+// Start starts (or restarts) the broker and waits until it accepts
+// connections.
+func (m *Mosquitto) Start() {
+	m.t.Helper()
+	bin, _ := exec.LookPath("mosquitto")
+	if bin == "" {
+		bin = "/usr/sbin/mosquitto"
+	}
+	m.cmd = exec.Command(bin, "-c", m.conf)
+	if err := m.cmd.Start(); err != nil {
+		m.t.Fatalf("start mosquitto: %v", err)
+	}
+	Eventually(m.t, 10*time.Second, "mosquitto did not listen", func() bool {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", m.port))
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+}
+
+// Stop stops the broker; retained messages are lost (no persistence).
+func (m *Mosquitto) Stop() {
+	if m.cmd == nil || m.cmd.Process == nil {
+		return
+	}
+	_ = m.cmd.Process.Kill()
+	_ = m.cmd.Wait()
+	m.cmd = nil
+}
+
+// Subscriber records the messages of the topics it subscribed to.
+type Subscriber struct {
+	client mqtt.Client
+	mu     sync.Mutex
+	msgs   []Message
+}
+
+// Message is one received message.
+type Message struct {
+	Topic    string
+	Payload  string
+	Retained bool
+	At       time.Time
+}
+
+// Subscribe connects a test client to url and subscribes to topic.
+func Subscribe(t testing.TB, url, topic string) *Subscriber {
+	t.Helper()
+	s := &Subscriber{}
+	handler := func(_ mqtt.Client, m mqtt.Message) {
+		s.mu.Lock()
+		s.msgs = append(s.msgs, Message{Topic: m.Topic(), Payload: string(m.Payload()), Retained: m.Retained(), At: time.Now()})
+		s.mu.Unlock()
+	}
+	var connected atomic.Bool
+	opts := mqtt.NewClientOptions().AddBroker(url).SetClientID(Name(t)).SetCleanSession(true).SetAutoReconnect(true).
+		SetOnConnectHandler(func(c mqtt.Client) {
+			if connected.Load() { // renew after a reconnect; the first is below
+				c.Subscribe(topic, 1, handler)
+			}
+		})
+	s.client = mqtt.NewClient(opts)
+	if tok := s.client.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect test subscriber to %s: %v", url, tok.Error())
+	}
+	if tok := s.client.Subscribe(topic, 1, handler); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe %s: %v", topic, tok.Error())
+	}
+	connected.Store(true)
+	t.Cleanup(func() { s.client.Disconnect(100) })
+	return s
+}
+
+// Messages returns what was received so far.
+func (s *Subscriber) Messages() []Message {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Message(nil), s.msgs...)
+}
+
+// Last returns the latest message on topic.
+func (s *Subscriber) Last(topic string) (Message, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := len(s.msgs) - 1; i >= 0; i-- {
+		if s.msgs[i].Topic == topic {
+			return s.msgs[i], true
+		}
+	}
+	return Message{}, false
+}
+
+// Publish sends a message with the subscriber's connection.
+func (s *Subscriber) Publish(topic string, payload []byte) {
+	s.client.Publish(topic, 1, false, payload).WaitTimeout(5 * time.Second)
+}

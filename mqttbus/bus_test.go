@@ -1,0 +1,38 @@
+package mqttbus_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/labsync/labsync/internal/testenv"
+	"github.com/labsync/labsync/mqttbus"
+)
+
+func TestRetainPublishesChanges(t *testing.T) {
+	mosq := testenv.StartMosquitto(t)
+	bus, err := mqttbus.Connect(mqttbus.Options{Broker: mosq.URL, Lab: "l1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bus.Close()
+	testenv.Eventually(t, 10*time.Second, "bus not connected", bus.Connected)
+	sub := testenv.Subscribe(t, mosq.URL, "labsync/l1/#")
+	for i, v := range []string{"a", "b", "b", "c"} {
+		if changed := bus.Retain("labsync/l1/x", []byte(v)); changed != (i != 2) {
+			t.Errorf("Retain(%s) changed = %v", v, changed)
+		}
+	}
+	testenv.Eventually(t, 10*time.Second, "changes not received", func() bool {
+		m, ok := sub.Last("labsync/l1/x")
+		return ok && m.Payload == "c"
+	})
+	n := 0
+	for _, m := range sub.Messages() {
+		if m.Topic == "labsync/l1/x" {
+			n++
+		}
+	}
+	if n != 3 {
+		t.Errorf("%d messages on x, want 3 (a, b, c)", n)
+	}
+}
