@@ -81,7 +81,7 @@ func mqttLab(t *testing.T, tf string, extra ...string) *gitLab {
 	g.repo.Commit("mqtt lab", map[string]string{
 		"lab.yaml": fmt.Sprintf("name: %[1]s\ncontainer_prefix: %[1]s-\nagents:\n  image:\n    name: %[2]s\n  healthcheck: {test: [CMD, labsync-agent, healthcheck], interval: 1s}\n  update:\n    min_uptime: 200ms\nmqtt:\n  prefix: lab/%[1]s\ntestflinger:\n  server: %[3]s\n",
 			g.name, testenv.StandinImage(t, g.rt), tf),
-		"sut/beta.conf": agentConfFor("beta"),
+		"sut/beta.conf":  agentConfFor("beta"),
 		"sut/alpha.yaml": "job_queue: alpha\nprovision_data:\n  distro: noble\ntest_data:\n  test_cmds: placeholder\n",
 	})
 	return g
