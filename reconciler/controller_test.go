@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/labsync/labsync/internal/testenv"
 	"github.com/labsync/labsync/lab"
 	"github.com/labsync/labsync/reconciler"
+	"github.com/labsync/labsync/runtime"
 	"github.com/labsync/labsync/testflinger"
 )
 
@@ -85,4 +87,56 @@ func TestCleanSlateRecreatesOnlyIdleAgents(t *testing.T) {
 	if r := waitRun(3); r.Plan == nil || !r.Plan.Empty() {
 		t.Errorf("pass after the clean slate planned %v", r.Plan)
 	}
+}
+
+// An agent whose healthcheck keeps failing is restarted by auto-heal,
+// within its budget; each restart and the refusal past it are events.
+func TestAutoHealRestartsUnhealthyAgentWithinBudget(t *testing.T) {
+	t.Parallel()
+	rt := testenv.Docker(t)
+	image := testenv.StandinImage(t, rt)
+	name := testenv.Name(t)
+	testenv.CleanupLab(t, rt, name)
+	gs := testenv.NewGitServer(t, "u", "p")
+	repo := gs.NewRepo(t, "lab")
+	repo.Commit("lab", map[string]string{
+		"lab.yaml": fmt.Sprintf("name: %[1]s\ncontainer_prefix: %[1]s-\nagents:\n  image: {name: %[2]s}\n  healthcheck: {test: [CMD, labsync-agent, healthcheck], interval: 1s, retries: 1}\n  update: {min_uptime: 200ms}\n", name, image),
+		"sut/flaky.conf":     agentConf("flaky"),
+		"sut/flaky.lab.yaml": agentCmd + "env: {STANDIN_EXIT_AFTER: 3s}\n",
+	})
+	src, err := gitsource.Open(gitsource.Options{URL: repo.URL, CacheDir: t.TempDir(), Auth: gitsource.Auth{Username: "u", Password: "p"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var events []reconciler.Event
+	ctrl := reconciler.NewController(reconciler.ControllerOptions{
+		Source: src, Docker: rt, DefaultName: name, MinBackoff: time.Hour,
+		Apply:    reconciler.ApplyOptions{StopTimeout: time.Second},
+		AutoHeal: reconciler.AutoHeal{After: 1, Max: 1, Window: time.Hour},
+		Events:   func(ctx context.Context, lab string) <-chan runtime.Event { return rt.Events(ctx, lab, nil) },
+		OnEvent: func(e reconciler.Event) {
+			mu.Lock()
+			events = append(events, e)
+			mu.Unlock()
+		},
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- ctrl.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	count := func(substr string) int {
+		mu.Lock()
+		defer mu.Unlock()
+		n := 0
+		for _, e := range events {
+			if e.Type == "auto-heal" && strings.Contains(e.Message, substr) {
+				n++
+			}
+		}
+		return n
+	}
+	testenv.Eventually(t, 90*time.Second, "no auto-heal restart and refusal", func() bool {
+		return count("restarted") == 1 && count("not restarting it again") >= 1
+	})
 }
