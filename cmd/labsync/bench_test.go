@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"sort"
+	"strings"
 	"strconv"
 	"testing"
 	"time"
@@ -105,4 +107,108 @@ func BenchmarkWebhookToRunning(b *testing.B) {
 	b.ReportMetric(float64(times[len(times)/2].Milliseconds()), "median-ms")
 	b.ReportMetric(float64(times[len(times)-1].Milliseconds()), "worst-ms")
 	b.Logf("webhook to running, sorted: %v", times)
+}
+
+// BenchmarkStateChangeToMQTT measures the time from a container stopped or
+// started by hand to the MQTT message with its new state, and reports the
+// median.
+func BenchmarkStateChangeToMQTT(b *testing.B) {
+	mosq := testenv.StartMosquitto(b)
+	tf := httptestTF(b)
+	g := newGitLab(b, "--mqtt", mosq.URL, "--flap-limit", "0")
+	g.repo.Commit("mqtt", map[string]string{"lab.yaml": fmt.Sprintf("name: %[1]s\ncontainer_prefix: %[1]s-\nagents:\n  image: {name: %[2]s}\n  healthcheck: {disable: true}\n  update: {min_uptime: 200ms}\ntestflinger: {server: %[3]s}\n", g.name, testenv.StandinImage(b, g.rt), tf)})
+	d := startDaemon(b, g.args...)
+	g.waitRunning(b, time.Minute, "alpha")
+	d.settle()
+	topic := "labsync/" + g.name + "/agents/alpha/state"
+	sub := testenv.Subscribe(b, mosq.URL, topic)
+	ctx := context.Background()
+	var times []time.Duration
+	want := map[bool]string{true: `"state":"running"`, false: `"state":"exited"`}
+	running := true
+	for b.Loop() {
+		id := g.containers(b)["alpha"].ID
+		start := time.Now()
+		var err error
+		if running {
+			err = g.rt.StopContainer(ctx, id, time.Second)
+		} else {
+			err = g.rt.StartContainer(ctx, id)
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+		changed := time.Now() // the state has changed when the call returns
+		running = !running
+		tick := time.NewTicker(5 * time.Millisecond)
+		for m, _ := sub.Last(topic); !strings.Contains(m.Payload, want[running]) || m.At.Before(start); m, _ = sub.Last(topic) {
+			if time.Since(start) > 30*time.Second {
+				b.Fatalf("no %s message", want[running])
+			}
+			<-tick.C
+		}
+		tick.Stop()
+		m, _ := sub.Last(topic)
+		times = append(times, max(m.At.Sub(changed), 0))
+	}
+	sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
+	b.ReportMetric(float64(times[len(times)/2].Microseconds())/1000, "median-ms")
+	b.Logf("state change to MQTT, sorted: %v", times)
+}
+
+// BenchmarkMQTTMessagesPerPass counts the messages a lab of
+// LABSYNC_BENCH_AGENTS agents (default 100) puts on the broker: in the pass
+// that creates them, and in a pass that changes nothing.
+func BenchmarkMQTTMessagesPerPass(b *testing.B) {
+	n := 100
+	if v, err := strconv.Atoi(os.Getenv("LABSYNC_BENCH_AGENTS")); err == nil && v > 0 {
+		n = v
+	}
+	mosq := testenv.StartMosquitto(b)
+	g := newGitLab(b, "--mqtt", mosq.URL)
+	files := map[string]string{
+		"lab.yaml":       fmt.Sprintf("name: %[1]s\ncontainer_prefix: %[1]s-\nagents:\n  image: {name: %[2]s}\n  healthcheck: {disable: true}\n  memory: 32m\n  update: {parallelism: 16, min_uptime: 100ms}\n", g.name, testenv.StandinImage(b, g.rt)),
+		"sut/alpha.conf": "",
+	}
+	for i := 0; i < n; i++ {
+		files[fmt.Sprintf("sut/dut%03d.conf", i)] = agentConfFor(fmt.Sprintf("dut%03d", i))
+	}
+	g.repo.Commit("many agents", files)
+	sub := testenv.Subscribe(b, mosq.URL, "labsync/"+g.name+"/#")
+	d := startDaemon(b, g.args...)
+	testenv.Eventually(b, 10*time.Minute, "agents not converged", func() bool {
+		s := d.status()
+		return !s.Passing && s.LastResult == "ok" && s.Agents == n
+	})
+	converge := len(sub.Messages())
+	for b.Loop() {
+		before := len(sub.Messages())
+		runs := len(d.runs())
+		resp, err := http.Post(d.url+"/api/v1/sync", "", nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		resp.Body.Close()
+		testenv.Eventually(b, time.Minute, "no-op pass not done", func() bool { return len(d.runs()) > runs && !d.status().Passing })
+		// Messages of a pass arrive within moments of its end.
+		testenv.Eventually(b, 5*time.Second, "pass event not received", func() bool {
+			for _, m := range sub.Messages()[before:] {
+				if strings.Contains(m.Payload, `"type":"pass"`) {
+					return true
+				}
+			}
+			return false
+		})
+		b.ReportMetric(float64(len(sub.Messages())-before), "msgs/noop-pass")
+	}
+	b.ReportMetric(float64(converge), "msgs/converge")
+	b.ReportMetric(float64(n), "agents")
+}
+
+func httptestTF(b *testing.B) string {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, `{"state": "waiting", "job_id": ""}`)
+	}))
+	b.Cleanup(srv.Close)
+	return srv.URL
 }
