@@ -24,6 +24,10 @@ test: ## set up what the tests need (Docker), then vet and run every test
 test-short: ## unit tests only, no Docker
 	$(GO) test -count=1 -short ./lab/... ./testflinger/... ./internal/yamlcheck/...
 
+.PHONY: fuzz
+fuzz: ## fuzz the MQTT submit parser for a minute
+	$(GO) test -run '^$$' -fuzz FuzzParseSubmit -fuzztime 60s ./mqttbus/
+
 .PHONY: lint
 lint: ## gofmt, go vet and staticcheck
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
@@ -39,10 +43,11 @@ demo-clean: ## remove everything the demo created
 	@scripts/demo.sh clean
 
 .PHONY: bench
-bench: ## benchmarks: planning, polling, webhook to running agent, and a no-op plan against 500 running agents (slow)
+bench: ## benchmarks: planning, polling, webhook to running agent, MQTT latency and volume, a no-op plan against 500 agents (slow)
 	@scripts/test-setup.sh
 	$(GO) test -run '^$$' -bench . -benchtime 20x ./reconciler/ ./lab/ ./gitsource/
-	$(GO) test -run '^$$' -bench WebhookToRunning -benchtime 10x ./cmd/labsync/
+	$(GO) test -run '^$$' -bench 'WebhookToRunning|StateChangeToMQTT' -benchtime 10x ./cmd/labsync/
+	$(GO) test -run '^$$' -bench MQTTMessagesPerPass -benchtime 3x -timeout 20m ./cmd/labsync/
 	scripts/bench-plan.sh 500
 
 .PHONY: clean
