@@ -100,7 +100,7 @@ func TestAutoHealRestartsUnhealthyAgentWithinBudget(t *testing.T) {
 	gs := testenv.NewGitServer(t, "u", "p")
 	repo := gs.NewRepo(t, "lab")
 	repo.Commit("lab", map[string]string{
-		"lab.yaml": fmt.Sprintf("name: %[1]s\ncontainer_prefix: %[1]s-\nagents:\n  image: {name: %[2]s}\n  healthcheck: {test: [CMD, labsync-agent, healthcheck], interval: 1s, retries: 1}\n  update: {min_uptime: 200ms}\n", name, image),
+		"lab.yaml":           fmt.Sprintf("name: %[1]s\ncontainer_prefix: %[1]s-\nagents:\n  image: {name: %[2]s}\n  healthcheck: {test: [CMD, labsync-agent, healthcheck], interval: 1s, retries: 1}\n  update: {min_uptime: 200ms}\n", name, image),
 		"sut/flaky.conf":     agentConf("flaky"),
 		"sut/flaky.lab.yaml": agentCmd + "env: {STANDIN_EXIT_AFTER: 3s}\n",
 	})

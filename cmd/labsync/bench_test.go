@@ -8,8 +8,8 @@ import (
 	"net/http/httptest"
 	"os"
 	"sort"
-	"strings"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
