@@ -76,10 +76,7 @@ type keySpec struct {
 	any   bool                // anything goes below
 }
 
-var (
-	leaf     = &keySpec{any: true}
-	anyNamed = &keySpec{any: true}
-)
+var leaf = &keySpec{any: true}
 
 func mapOf(keys ...string) *keySpec {
 	s := &keySpec{keys: map[string]*keySpec{}}

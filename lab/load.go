@@ -310,15 +310,6 @@ func (l *Lab) readOptional(name string) ([]byte, bool) {
 	return l.readEntry(name, e)
 }
 
-// read reads a file that must exist.
-func (l *Lab) read(name, why string) ([]byte, bool) {
-	data, ok := l.readOptional(name)
-	if !ok && !l.hasDiag(name) {
-		l.d.errorf(name, 0, "file not found; %s", why)
-	}
-	return data, ok
-}
-
 func (l *Lab) hasDiag(file string) bool {
 	for _, d := range l.d.list {
 		if d.File == file {

@@ -12,10 +12,10 @@ import (
 	"strings"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/mount"
 	"github.com/docker/docker/api/types/network"
-	"github.com/docker/docker/errdefs"
 	"github.com/docker/docker/pkg/stdcopy"
 	"github.com/docker/go-connections/nat"
 
@@ -69,10 +69,10 @@ func (c *Client) CreateContainer(ctx context.Context, spec *lab.ContainerSpec, o
 	}
 	resp, err := c.api.ContainerCreate(ctx, cfg, host, netcfg, nil, name)
 	if err != nil {
-		if errdefs.IsConflict(err) {
+		if cerrdefs.IsConflict(err) {
 			return "", fmt.Errorf("create %s: %w; rename or remove that container", name, ErrNameInUse)
 		}
-		if errdefs.IsNotFound(err) {
+		if cerrdefs.IsNotFound(err) {
 			return "", fmt.Errorf("create %s: image %s is not on this host; build or load it (labsync pulls nothing): %w", name, spec.Image, err)
 		}
 		return "", fmt.Errorf("create %s: %w", name, err)
@@ -236,7 +236,7 @@ func (c *Client) Preflight(ctx context.Context, spec *lab.ContainerSpec, asideNa
 		}
 	}
 	if _, err := c.api.ImageInspect(ctx, spec.Image); err != nil {
-		if errdefs.IsNotFound(err) {
+		if cerrdefs.IsNotFound(err) {
 			return fmt.Errorf("image %s is not on this host; build or load it (labsync pulls nothing)", spec.Image)
 		}
 		return fmt.Errorf("inspect image %s: %w", spec.Image, err)
@@ -249,7 +249,7 @@ func (c *Client) Preflight(ctx context.Context, spec *lab.ContainerSpec, asideNa
 	if asideName != "" {
 		if _, err := c.api.ContainerInspect(ctx, asideName); err == nil {
 			return fmt.Errorf("cannot set the old container aside: %s exists; remove it", asideName)
-		} else if !errdefs.IsNotFound(err) {
+		} else if !cerrdefs.IsNotFound(err) {
 			return fmt.Errorf("inspect %s: %w", asideName, err)
 		}
 	}
@@ -268,7 +268,7 @@ func (c *Client) StartContainer(ctx context.Context, id string) error {
 // killed. A container already stopped is not an error.
 func (c *Client) StopContainer(ctx context.Context, id string, timeout time.Duration) error {
 	secs := int(timeout.Seconds())
-	if err := c.api.ContainerStop(ctx, id, container.StopOptions{Timeout: &secs}); err != nil && !errdefs.IsNotModified(err) {
+	if err := c.api.ContainerStop(ctx, id, container.StopOptions{Timeout: &secs}); err != nil && !cerrdefs.IsNotModified(err) {
 		return fmt.Errorf("stop: %w", err)
 	}
 	return nil
@@ -277,7 +277,7 @@ func (c *Client) StopContainer(ctx context.Context, id string, timeout time.Dura
 // RenameContainer renames a container.
 func (c *Client) RenameContainer(ctx context.Context, id, name string) error {
 	if err := c.api.ContainerRename(ctx, id, name); err != nil {
-		if errdefs.IsConflict(err) {
+		if cerrdefs.IsConflict(err) {
 			return fmt.Errorf("rename to %s: %w", name, ErrNameInUse)
 		}
 		return fmt.Errorf("rename to %s: %w", name, err)
@@ -289,7 +289,7 @@ func (c *Client) RenameContainer(ctx context.Context, id, name string) error {
 // volumes are kept. A container already gone is not an error.
 func (c *Client) RemoveContainer(ctx context.Context, id string) error {
 	err := c.api.ContainerRemove(ctx, id, container.RemoveOptions{Force: true})
-	if err != nil && !errdefs.IsNotFound(err) {
+	if err != nil && !cerrdefs.IsNotFound(err) {
 		return fmt.Errorf("remove: %w", err)
 	}
 	return nil
@@ -403,7 +403,7 @@ type Activity struct {
 func (c *Client) AgentActivity(ctx context.Context, id string) (Activity, error) {
 	rc, _, err := c.api.CopyFromContainer(ctx, id, AgentHeartbeatPath)
 	if err != nil {
-		if errdefs.IsNotFound(err) {
+		if cerrdefs.IsNotFound(err) {
 			return Activity{}, nil
 		}
 		return Activity{}, fmt.Errorf("read agent heartbeat: %w", err)

@@ -4,9 +4,9 @@ import (
 	"context"
 	"fmt"
 
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/api/types/volume"
-	"github.com/docker/docker/errdefs"
 
 	"github.com/labsync/labsync/lab"
 )
@@ -35,7 +35,7 @@ func (c *Client) CreateNetwork(ctx context.Context, labName string, n lab.Networ
 		}
 	}
 	if _, err := c.api.NetworkCreate(ctx, n.Name, opts); err != nil {
-		if errdefs.IsConflict(err) {
+		if cerrdefs.IsConflict(err) {
 			return fmt.Errorf("create network %s: a network of that name exists and labsync does not manage it; rename or remove it", n.Name)
 		}
 		return fmt.Errorf("create network %s: %w", n.Name, err)
@@ -45,7 +45,7 @@ func (c *Client) CreateNetwork(ctx context.Context, labName string, n lab.Networ
 
 // RemoveNetwork removes a managed network.
 func (c *Client) RemoveNetwork(ctx context.Context, id string) error {
-	if err := c.api.NetworkRemove(ctx, id); err != nil && !errdefs.IsNotFound(err) {
+	if err := c.api.NetworkRemove(ctx, id); err != nil && !cerrdefs.IsNotFound(err) {
 		return fmt.Errorf("remove network: %w", err)
 	}
 	return nil
@@ -61,7 +61,7 @@ func (c *Client) CreateVolume(ctx context.Context, labName string, v lab.VolumeS
 			return fmt.Errorf("create volume %s: a volume of that name exists and labsync does not manage it; rename or remove it", v.Name)
 		}
 		return nil
-	} else if !errdefs.IsNotFound(err) {
+	} else if !cerrdefs.IsNotFound(err) {
 		return fmt.Errorf("inspect volume %s: %w", v.Name, err)
 	}
 	_, err := c.api.VolumeCreate(ctx, volume.CreateOptions{

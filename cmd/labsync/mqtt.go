@@ -39,7 +39,6 @@ type mqttSide struct {
 	broker *mqttbus.Broker
 	url    string
 
-	once   sync.Once
 	mu     sync.Mutex
 	bus    *mqttbus.Bus
 	bridge *mqttbus.Bridge
