@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -281,3 +282,50 @@ func TestUnreachableBrokerDoesNotStopTheAgent(t *testing.T) {
 }
 
 func TestMain(m *testing.M) { testenv.Main(m) }
+
+// A process the agent left behind neither keeps the agent from being
+// restarted nor survives it.
+func TestLeftoverProcessIsEndedAndAgentRestarted(t *testing.T) {
+	dir := t.TempDir()
+	sh := filepath.Join(dir, "agent.sh")
+	testenv.WriteFiles(t, dir, map[string]string{"agent.sh": "echo started\nsleep 300 &\necho $! > " + filepath.Join(dir, "child.pid") + "\nexit 3\n"})
+	out := &syncBuffer{}
+	sigs := make(chan os.Signal, 1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		agent.Run(context.Background(), agent.Config{SUT: "dut", Command: []string{"/bin/sh", sh}, Stdout: out, StateDir: filepath.Join(dir, "state"), MarkerDir: dir,
+			StatusInterval: 100 * time.Millisecond, RestartMin: 50 * time.Millisecond, RestartMax: 100 * time.Millisecond, CrashLimit: 100, Signals: sigs})
+	}()
+	defer func() { sigs <- syscall.SIGTERM; <-done }()
+	testenv.Eventually(t, 15*time.Second, "agent not restarted while its child held the output:\n"+out.String(), func() bool {
+		return strings.Count(out.String(), "started") >= 2
+	})
+	data, _ := os.ReadFile(filepath.Join(dir, "child.pid"))
+	var pid int
+	fmt.Sscan(string(data), &pid)
+	testenv.Eventually(t, 10*time.Second, "left-over process still alive", func() bool { return pid > 0 && !agent.ProcessAlive(pid) })
+}
+
+// Crash-looping ends once the crashes fall out of the window.
+func TestCrashLoopClearsAfterTheWindow(t *testing.T) {
+	dir := t.TempDir()
+	count := filepath.Join(dir, "count")
+	script := fmt.Sprintf("n=$(cat %[1]s 2>/dev/null || echo 0); n=$((n+1)); echo $n > %[1]s; echo run $n; [ $n -le 3 ] && exit 1; exec sleep 300\n", count)
+	testenv.WriteFiles(t, dir, map[string]string{"agent.sh": script})
+	sigs := make(chan os.Signal, 1)
+	done := make(chan struct{})
+	state := filepath.Join(dir, "state")
+	go func() {
+		defer close(done)
+		agent.Run(context.Background(), agent.Config{SUT: "dut", Command: []string{"/bin/sh", filepath.Join(dir, "agent.sh")}, Stdout: &syncBuffer{}, StateDir: state, MarkerDir: dir,
+			StatusInterval: 100 * time.Millisecond, RestartMin: 20 * time.Millisecond, RestartMax: 40 * time.Millisecond, CrashLimit: 3, CrashWindow: 1500 * time.Millisecond, Signals: sigs})
+	}()
+	defer func() { sigs <- syscall.SIGTERM; <-done }()
+	hb := func() agent.Heartbeat { h, _ := agent.ReadHeartbeat(filepath.Join(state, agent.HeartbeatFile)); return h }
+	testenv.Eventually(t, 10*time.Second, "never crash-looping", func() bool { return hb().CrashLoop })
+	testenv.Eventually(t, 10*time.Second, "crash loop never cleared once the agent ran", func() bool { return !hb().CrashLoop && hb().Running })
+	if ok, reason := agent.Healthcheck(state, 0); !ok {
+		t.Errorf("unhealthy after recovering: %s", reason)
+	}
+}

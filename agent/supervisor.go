@@ -113,9 +113,14 @@ type supervisor struct {
 	pub  *publisher
 	file *RotatingFile
 
+	outMu sync.Mutex // serialises output lines
+
 	mu      sync.Mutex
 	hb      Heartbeat
 	crashes []time.Time
+	// restartAsked is set when SIGUSR1 was forwarded: newer agents exit
+	// after their job to restart, which is not a crash.
+	restartAsked bool
 }
 
 // Run supervises the agent until it is stopped by a signal or ctx, and
@@ -167,20 +172,15 @@ func Run(ctx context.Context, cfg Config) (int, error) {
 		s.hb.LastExit = exit
 		if requested {
 			s.log.Info("agent exited on a restart request; starting it again", "exit", exit)
+		} else if s.restartAsked {
+			s.log.Info("agent exited after a restart request (SIGUSR1); starting it again", "exit", exit)
+			requested = true
 		} else {
 			s.hb.Restarts++
-			now := time.Now()
-			s.crashes = append(s.crashes, now)
-			recent := s.crashes[:0]
-			for _, t := range s.crashes {
-				if now.Sub(t) < cfg.CrashWindow {
-					recent = append(recent, t)
-				}
-			}
-			s.crashes = recent
-			s.hb.RecentCrashes = len(recent)
-			s.hb.CrashLoop = len(recent) >= cfg.CrashLimit
+			s.crashes = append(s.crashes, time.Now())
+			s.countCrashes()
 		}
+		s.restartAsked = false
 		s.mu.Unlock()
 		wait := time.Duration(0)
 		if !requested {
@@ -194,14 +194,22 @@ func Run(ctx context.Context, cfg Config) (int, error) {
 		}
 		s.setState(StateRestarting, "")
 		s.writeHeartbeat()
-		select {
-		case <-ctx.Done():
-			return code, nil
-		case sig := <-cfg.Signals:
-			if sig == syscall.SIGTERM || sig == syscall.SIGINT {
+		timer := time.NewTimer(wait)
+	backoff:
+		for {
+			select {
+			case <-ctx.Done():
+				timer.Stop()
 				return code, nil
+			case sig := <-cfg.Signals:
+				if sig == syscall.SIGTERM || sig == syscall.SIGINT {
+					timer.Stop()
+					return code, nil
+				}
+				s.log.Info("signal ignored: the agent is not running", "signal", sig)
+			case <-timer.C:
+				break backoff
 			}
-		case <-time.After(wait):
 		}
 	}
 }
@@ -263,15 +271,53 @@ loop:
 				break loop
 			}
 			s.log.Info("forwarding signal", "signal", sig)
+			if sig == syscall.SIGUSR1 {
+				s.mu.Lock()
+				s.restartAsked = true
+				s.mu.Unlock()
+			}
 			_ = cmd.Process.Signal(sig)
 		}
 	}
-	<-lines
+	// Processes the agent left behind (a device connector mid-provision)
+	// must not go on driving the device, nor hold the output pipe open.
+	s.reapGroup(cmd.Process.Pid)
+	select {
+	case <-lines:
+	case <-time.After(2 * time.Second):
+		s.log.Warn("agent output still open after it exited; closing it")
+	}
 	pr.Close()
+	<-lines
 	s.mu.Lock()
 	s.hb.Running, s.hb.ChildPID = false, 0
 	s.mu.Unlock()
 	return exitCode(waitErr), time.Since(start), stopped, nil
+}
+
+// reapGroup ends what is left of the agent's process group: SIGTERM, a
+// short grace, then SIGKILL.
+func (s *supervisor) reapGroup(pgid int) {
+	if syscall.Kill(-pgid, syscall.SIGTERM) != nil {
+		return // nothing left
+	}
+	// A process group gives no notice when it empties: poll it.
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(2 * time.Second)
+	for syscall.Kill(-pgid, 0) == nil {
+		select {
+		case <-tick.C:
+			continue
+		case <-deadline:
+		}
+		break
+	}
+	if syscall.Kill(-pgid, 0) != nil {
+		return
+	}
+	s.log.Warn("processes of the agent survived SIGTERM; killing them")
+	_ = syscall.Kill(-pgid, syscall.SIGKILL)
 }
 
 // stop forwards sig, waits StopTimeout, then kills the process group.
@@ -328,6 +374,8 @@ func (s *supervisor) pump(r io.Reader) {
 func (s *supervisor) emit(line string) { s.handleLine(line) }
 
 func (s *supervisor) handleLine(line string) {
+	s.outMu.Lock()
+	defer s.outMu.Unlock()
 	b := []byte(line + "\n")
 	_, _ = s.out.Write(b)
 	if s.file != nil {
@@ -365,8 +413,24 @@ func (s *supervisor) setState(state, job string) {
 	s.writeHeartbeat()
 }
 
+// countCrashes forgets crashes older than the window and says whether the
+// agent is crash-looping; callers hold s.mu.
+func (s *supervisor) countCrashes() {
+	now := time.Now()
+	recent := s.crashes[:0]
+	for _, t := range s.crashes {
+		if now.Sub(t) < s.cfg.CrashWindow {
+			recent = append(recent, t)
+		}
+	}
+	s.crashes = recent
+	s.hb.RecentCrashes = len(recent)
+	s.hb.CrashLoop = len(recent) >= s.cfg.CrashLimit
+}
+
 func (s *supervisor) writeHeartbeat() {
 	s.mu.Lock()
+	s.countCrashes()
 	_, err := os.Stat(filepath.Join(s.cfg.MarkerDir, "TESTFLINGER-DEVICE-OFFLINE-"+s.cfg.AgentID))
 	s.hb.Offline = err == nil
 	s.hb.Time = time.Now()
@@ -390,7 +454,7 @@ func (s *supervisor) ticker(ctx context.Context) {
 		case <-status.C:
 			s.writeHeartbeat()
 		case <-beat.C:
-			s.pub.send(s.cfg.SUT+"/agent", []byte("ok"), 0, false)
+			s.pub.beat("ok")
 		}
 	}
 }
