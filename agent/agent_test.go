@@ -322,7 +322,10 @@ func TestCrashLoopClearsAfterTheWindow(t *testing.T) {
 			StatusInterval: 100 * time.Millisecond, RestartMin: 20 * time.Millisecond, RestartMax: 40 * time.Millisecond, CrashLimit: 3, CrashWindow: 1500 * time.Millisecond, Signals: sigs})
 	}()
 	defer func() { sigs <- syscall.SIGTERM; <-done }()
-	hb := func() agent.Heartbeat { h, _ := agent.ReadHeartbeat(filepath.Join(state, agent.HeartbeatFile)); return h }
+	hb := func() agent.Heartbeat {
+		h, _ := agent.ReadHeartbeat(filepath.Join(state, agent.HeartbeatFile))
+		return h
+	}
 	testenv.Eventually(t, 10*time.Second, "never crash-looping", func() bool { return hb().CrashLoop })
 	testenv.Eventually(t, 10*time.Second, "crash loop never cleared once the agent ran", func() bool { return !hb().CrashLoop && hb().Running })
 	if ok, reason := agent.Healthcheck(state, 0); !ok {

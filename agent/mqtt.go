@@ -48,14 +48,14 @@ func newPublisher(sut string, o MQTTOptions, log *slog.Logger) *publisher {
 	_, _ = rand.Read(suffix[:])
 	opts := mqtt.NewClientOptions().
 		AddBroker(o.Broker).
-		SetClientID("labsync-agent-" + sut + "-" + hex.EncodeToString(suffix[:])).
+		SetClientID("labsync-agent-"+sut+"-"+hex.EncodeToString(suffix[:])).
 		SetUsername(o.Username).SetPassword(o.Password).
-		SetKeepAlive(30 * time.Second).
-		SetConnectTimeout(10 * time.Second).
+		SetKeepAlive(30*time.Second).
+		SetConnectTimeout(10*time.Second).
 		// A broker that stops reading must not hold a publish for long:
 		// the write fails and the connection is dropped and retried.
-		SetWriteTimeout(5 * time.Second).
-		SetAutoReconnect(true).SetConnectRetry(true).SetConnectRetryInterval(5 * time.Second).
+		SetWriteTimeout(5*time.Second).
+		SetAutoReconnect(true).SetConnectRetry(true).SetConnectRetryInterval(5*time.Second).
 		SetMaxReconnectInterval(time.Minute).
 		SetCleanSession(true).
 		SetWill(sut+"/agent", "offline", 1, true).
