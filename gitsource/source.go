@@ -59,7 +59,9 @@ type Source struct {
 	auth transport.AuthMethod
 	repo *git.Repository
 
-	mu sync.Mutex // serialises fetches
+	// mu guards the cache: fetches write it, everything else reads it
+	// (trees read from it long after Tree returns).
+	mu sync.RWMutex
 }
 
 const remoteName = "origin"
@@ -188,6 +190,8 @@ func (s *Source) remoteRef(ctx context.Context, name plumbing.ReferenceName) (st
 // LocalHead returns the tracked branch's commit in the cache, or "" when
 // it was never fetched.
 func (s *Source) LocalHead() string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	ref, err := s.repo.Reference(trackingRef(s.opts.Branch), true)
 	if err != nil {
 		return ""
@@ -218,6 +222,8 @@ func (s *Source) FetchRef(ctx context.Context, ref string) (string, error) {
 	if err := s.fetch(ctx, config.RefSpec(fmt.Sprintf("+%s:%s", ref, local))); err != nil {
 		return "", err
 	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	r, err := s.repo.Reference(local, true)
 	if err != nil {
 		return "", fmt.Errorf("fetch %s: %w", ref, err)
@@ -248,6 +254,8 @@ func (s *Source) Resolve(rev string) (string, error) {
 		}
 		return "", errors.New("the tracked branch was not fetched yet")
 	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	for _, cand := range []string{rev, "refs/remotes/" + remoteName + "/" + rev} {
 		if h, err := s.repo.ResolveRevision(plumbing.Revision(cand)); err == nil {
 			if _, err := s.repo.CommitObject(*h); err == nil {
@@ -260,6 +268,8 @@ func (s *Source) Resolve(rev string) (string, error) {
 
 // Tree returns the tree of a commit as a read-only file system.
 func (s *Source) Tree(commit string) (fs.FS, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	c, err := s.repo.CommitObject(plumbing.NewHash(commit))
 	if err != nil {
 		return nil, fmt.Errorf("commit %s: %w", commit, err)
@@ -268,11 +278,13 @@ func (s *Source) Tree(commit string) (fs.FS, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tree of %s: %w", commit, err)
 	}
-	return &treeFS{repo: s.repo, root: t}, nil
+	return &treeFS{repo: s.repo, root: t, mu: &s.mu}, nil
 }
 
 // Changed lists the paths that differ between two commits.
 func (s *Source) Changed(from, to string) ([]string, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	trees := make([]*object.Tree, 2)
 	for i, h := range []string{from, to} {
 		c, err := s.repo.CommitObject(plumbing.NewHash(h))
@@ -309,6 +321,8 @@ type Commit struct {
 
 // Describe returns a commit's subject and author.
 func (s *Source) Describe(hash string) (Commit, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	c, err := s.repo.CommitObject(plumbing.NewHash(hash))
 	if err != nil {
 		return Commit{}, err

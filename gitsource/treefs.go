@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"path"
 	"sort"
+	"sync"
 	"time"
 
 	git "github.com/go-git/go-git/v5"
@@ -17,6 +18,7 @@ import (
 type treeFS struct {
 	repo *git.Repository
 	root *object.Tree
+	mu   *sync.RWMutex // the Source's: a fetch must not run under a read
 }
 
 var (
@@ -25,6 +27,8 @@ var (
 )
 
 func (t *treeFS) Open(name string) (fs.File, error) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
 	if !fs.ValidPath(name) {
 		return nil, &fs.PathError{Op: "open", Path: name, Err: fs.ErrInvalid}
 	}
@@ -50,7 +54,7 @@ func (t *treeFS) Open(name string) (fs.File, error) {
 	if err != nil {
 		return nil, &fs.PathError{Op: "open", Path: name, Err: err}
 	}
-	return &blobFile{ReadCloser: r, info: fileInfo{name: path.Base(name), size: blob.Size, mode: goMode(e.Mode)}}, nil
+	return &blobFile{ReadCloser: r, mu: t.mu, info: fileInfo{name: path.Base(name), size: blob.Size, mode: goMode(e.Mode)}}, nil
 }
 
 func (t *treeFS) ReadDir(name string) ([]fs.DirEntry, error) {
@@ -97,7 +101,14 @@ func (i fileInfo) Sys() any           { return nil }
 
 type blobFile struct {
 	io.ReadCloser
+	mu   *sync.RWMutex
 	info fileInfo
+}
+
+func (f *blobFile) Read(p []byte) (int, error) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.ReadCloser.Read(p)
 }
 
 func (f *blobFile) Stat() (fs.FileInfo, error) { return f.info, nil }
@@ -149,6 +160,8 @@ func (e *dirEntry) Type() fs.FileMode { return goMode(e.e.Mode).Type() }
 func (e *dirEntry) Info() (fs.FileInfo, error) {
 	info := fileInfo{name: e.e.Name, mode: goMode(e.e.Mode)}
 	if !info.IsDir() {
+		e.fsys.mu.RLock()
+		defer e.fsys.mu.RUnlock()
 		blob, err := e.fsys.repo.BlobObject(e.e.Hash)
 		if err != nil {
 			return nil, err

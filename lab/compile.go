@@ -204,6 +204,9 @@ func (l *Lab) compileAgent(s *SUT) ContainerSpec {
 		Labels:        copyMap(cfg.Labels),
 		Secrets:       copyMap(cfg.Secrets),
 		Device:        normalizeDevice(s.DeviceIP),
+		// testflinger-agent and its device connectors start processes
+		// that may outlive them: an init reaps them.
+		Init: true,
 	}
 	switch {
 	case o.Image != "":

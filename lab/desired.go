@@ -139,7 +139,9 @@ type ContainerSpec struct {
 	User          string              `json:"user,omitempty"`
 	WorkingDir    string              `json:"working_dir,omitempty"`
 	Tty           bool                `json:"tty,omitempty"`
-	StdinOpen     bool                `json:"stdin_open,omitempty"`
+	// Init runs Docker's init as PID 1 to reap orphaned processes.
+	Init      bool `json:"init,omitempty"`
+	StdinOpen bool `json:"stdin_open,omitempty"`
 
 	// Device is the agent's device address (device_ip), stamped as a
 	// label so that no two agents ever drive one device.

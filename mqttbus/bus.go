@@ -47,9 +47,20 @@ type Bus struct {
 	client mqtt.Client
 	log    *slog.Logger
 
+	wake  chan struct{}
+	queue chan message // non-retained messages; dropped when full
+	done  chan struct{}
+
 	mu       sync.Mutex
 	retained map[string][]byte
+	dirty    map[string]bool // retained topics not sent since they changed
 	subs     map[string]subscription
+}
+
+type message struct {
+	topic   string
+	payload []byte
+	qos     byte
 }
 
 type subscription struct {
@@ -72,7 +83,8 @@ func Connect(o Options) (*Bus, error) {
 		_, _ = rand.Read(b[:])
 		o.ClientID = fmt.Sprintf("labsync-%s-%s-%s", o.Lab, host, hex.EncodeToString(b[:]))
 	}
-	b := &Bus{opts: o, log: o.Logger.With("broker", o.Broker), retained: map[string][]byte{}, subs: map[string]subscription{}}
+	b := &Bus{opts: o, log: o.Logger.With("broker", o.Broker), retained: map[string][]byte{}, dirty: map[string]bool{}, subs: map[string]subscription{},
+		wake: make(chan struct{}, 1), queue: make(chan message, 256), done: make(chan struct{})}
 	co := mqtt.NewClientOptions().
 		AddBroker(o.Broker).
 		SetClientID(o.ClientID).
@@ -95,7 +107,54 @@ func Connect(o Options) (*Bus, error) {
 	}
 	b.client = mqtt.NewClient(co)
 	b.client.Connect() // retried in the background
+	go b.sender()
 	return b, nil
+}
+
+// sender is the only goroutine that publishes, so no caller ever waits
+// for the broker.
+func (b *Bus) sender() {
+	for {
+		select {
+		case <-b.done:
+			return
+		case m := <-b.queue:
+			if b.client.IsConnectionOpen() {
+				b.client.Publish(m.topic, m.qos, false, m.payload).WaitTimeout(5 * time.Second)
+			}
+		case <-b.wake:
+		}
+		b.flush()
+	}
+}
+
+// flush publishes every retained topic changed since it was last sent.
+func (b *Bus) flush() {
+	if !b.client.IsConnectionOpen() {
+		return
+	}
+	b.mu.Lock()
+	topics := make([]string, 0, len(b.dirty))
+	for t := range b.dirty {
+		topics = append(topics, t)
+	}
+	sort.Strings(topics)
+	payloads := make([][]byte, len(topics))
+	for i, t := range topics {
+		payloads[i] = b.retained[t] // nil for a forgotten topic: clears it
+		delete(b.dirty, t)
+	}
+	b.mu.Unlock()
+	for i, t := range topics {
+		b.client.Publish(t, 1, true, payloads[i]).WaitTimeout(5 * time.Second)
+	}
+}
+
+func (b *Bus) kick() {
+	select {
+	case b.wake <- struct{}{}:
+	default:
+	}
 }
 
 func tlsConfig(o Options) (*tls.Config, error) {
@@ -129,16 +188,10 @@ func (b *Bus) Connected() bool { return b.client.IsConnectionOpen() }
 
 func (b *Bus) onConnect(c mqtt.Client) {
 	b.log.Info("mqtt connected")
-	b.send(b.opts.Prefix+"/online", []byte("online"), 1, true)
 	b.mu.Lock()
-	topics := make([]string, 0, len(b.retained))
+	b.retained[b.opts.Prefix+"/online"] = []byte("online")
 	for t := range b.retained {
-		topics = append(topics, t)
-	}
-	sort.Strings(topics)
-	msgs := make([][]byte, len(topics))
-	for i, t := range topics {
-		msgs[i] = b.retained[t]
+		b.dirty[t] = true // the broker may have lost them: send all again
 	}
 	subs := make(map[string]subscription, len(b.subs))
 	for t, s := range b.subs {
@@ -148,18 +201,7 @@ func (b *Bus) onConnect(c mqtt.Client) {
 	for t, s := range subs {
 		b.subscribe(t, s)
 	}
-	for i, t := range topics {
-		b.send(t, msgs[i], 1, true)
-	}
-}
-
-// send publishes when the connection is open and drops the message when it
-// is not; it never waits for the broker.
-func (b *Bus) send(topic string, payload []byte, qos byte, retain bool) {
-	if !b.client.IsConnectionOpen() {
-		return
-	}
-	b.client.Publish(topic, qos, retain, payload)
+	b.kick()
 }
 
 // Retain publishes payload as the retained value of topic (QoS 1), unless
@@ -172,8 +214,9 @@ func (b *Bus) Retain(topic string, payload []byte) bool {
 		return false
 	}
 	b.retained[topic] = payload
+	b.dirty[topic] = true
 	b.mu.Unlock()
-	b.send(topic, payload, 1, true)
+	b.kick()
 	return true
 }
 
@@ -183,15 +226,25 @@ func (b *Bus) Forget(topic string) {
 	b.mu.Lock()
 	_, ok := b.retained[topic]
 	delete(b.retained, topic)
-	b.mu.Unlock()
 	if ok {
-		b.send(topic, nil, 1, true)
+		b.dirty[topic] = true
 	}
+	b.mu.Unlock()
+	b.kick()
 }
 
-// Publish sends a message that is not retained; it is dropped while the
-// broker is away.
-func (b *Bus) Publish(topic string, payload []byte, qos byte) { b.send(topic, payload, qos, false) }
+// Publish sends a message that is not retained. It is dropped while the
+// broker is away, or when 256 messages already wait.
+func (b *Bus) Publish(topic string, payload []byte, qos byte) {
+	if !b.client.IsConnectionOpen() {
+		return
+	}
+	select {
+	case b.queue <- message{topic: topic, payload: payload, qos: qos}:
+	default:
+		b.log.Debug("mqtt message dropped: the sender is behind", "topic", topic)
+	}
+}
 
 // Subscribe registers handler for topic (wildcards allowed); the
 // subscription is renewed after each reconnect.
@@ -226,6 +279,7 @@ func (b *Bus) subscribe(topic string, s subscription) {
 
 // Close says offline and disconnects.
 func (b *Bus) Close() {
+	close(b.done)
 	if b.client.IsConnectionOpen() {
 		b.client.Publish(b.opts.Prefix+"/online", 1, true, "offline").WaitTimeout(2 * time.Second)
 	}

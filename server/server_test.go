@@ -3,6 +3,7 @@ package server
 import (
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
 
@@ -92,5 +93,16 @@ func TestReadyNeedsAFetch(t *testing.T) {
 	}
 	if w := do(s, http.MethodPost, "/api/v1/sync", "", nil); w.Code != http.StatusAccepted {
 		t.Errorf("sync: %d", w.Code)
+	}
+}
+
+func TestFormEncodedPush(t *testing.T) {
+	s, triggers := newTestServer(Options{WebhookSecret: []byte("k")})
+	body := "payload=" + url.QueryEscape(`{"ref":"refs/heads/main","after":"abc"}`)
+	w := do(s, http.MethodPost, "/hooks/github", body, map[string]string{
+		"X-GitHub-Event": "push", "Content-Type": "application/x-www-form-urlencoded", "X-Hub-Signature-256": Sign([]byte("k"), []byte(body)),
+	})
+	if w.Code != http.StatusAccepted || len(*triggers) != 1 {
+		t.Errorf("form push: %d %s, triggers %v", w.Code, w.Body, *triggers)
 	}
 }

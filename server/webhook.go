@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 )
@@ -114,6 +115,17 @@ func (s *Server) handleGitHub(w http.ResponseWriter, r *http.Request) {
 		s.webhook("duplicate")
 		writeJSON(w, http.StatusOK, hookReply{Status: "ignored", Detail: "delivery " + id + " was already received"})
 		return
+	}
+	// GitHub's form content type sends the JSON in a "payload" field; the
+	// signature above covers the raw body either way.
+	if strings.HasPrefix(r.Header.Get("Content-Type"), "application/x-www-form-urlencoded") {
+		form, err := url.ParseQuery(string(body))
+		if err != nil || form.Get("payload") == "" {
+			s.webhook("bad-payload")
+			writeJSON(w, http.StatusBadRequest, hookReply{Status: "rejected", Detail: "form body without a payload field"})
+			return
+		}
+		body = []byte(form.Get("payload"))
 	}
 	event := r.Header.Get("X-GitHub-Event")
 	log := s.log.With("event", event, "delivery", r.Header.Get("X-GitHub-Delivery"))

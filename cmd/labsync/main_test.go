@@ -99,6 +99,8 @@ func TestValidateFromGitRepository(t *testing.T) {
 	good := repo.Commit("one agent", map[string]string{
 		"sut/dut1.conf": "agent_id: dut1\nserver_address: http://tf:8000\njob_queues: [dut1]\n",
 	})
+	testenv.Git(t, repo.Dir, "tag", "v1")
+	testenv.Git(t, repo.Dir, "push", "-q", "origin", "v1")
 	repo.Commit("a typo", map[string]string{
 		"sut/dut2.conf": "agent_id: dut2\nserver_address: http://tf:8000\njob_queus: [dut2]\n",
 	})
@@ -113,6 +115,9 @@ func TestValidateFromGitRepository(t *testing.T) {
 	out, errOut, err := runCmd(t, append([]string{"validate", "--rev", good[:8]}, common...)...)
 	if err != nil || !strings.Contains(out, `lab "mylab" is valid: 1 agent(s)`) {
 		t.Fatalf("validate --rev: %v\n%s%s", err, out, errOut)
+	}
+	if out, errOut, err := runCmd(t, append([]string{"validate", "--rev", "v1"}, common...)...); err != nil || !strings.Contains(out, "is valid") {
+		t.Fatalf("validate --rev v1 (a tag): %v\n%s%s", err, out, errOut)
 	}
 	if strings.Contains(out+errOut, "tok3n") {
 		t.Error("the token was printed")

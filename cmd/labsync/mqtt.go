@@ -26,7 +26,7 @@ func (m *mqttFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&m.certFile, "mqtt-cert-file", "", "client certificate for the broker")
 	fs.StringVar(&m.keyFile, "mqtt-key-file", "", "key of --mqtt-cert-file")
 	fs.StringVar(&m.clientID, "mqtt-client-id", "", "MQTT client id (default labsync-<lab>-<host>-<random>: unique per lab and replica)")
-	fs.StringVar(&m.listen, "mqtt-listen", ":1883", "address of the embedded broker, started when --mqtt is empty; empty disables MQTT")
+	fs.StringVar(&m.listen, "mqtt-listen", "127.0.0.1:1883", "address of the embedded broker, started when --mqtt is empty (it accepts every client: widen it, e.g. :1883, only on a trusted network); empty disables MQTT")
 	fs.DurationVar(&m.submitPoll, "submit-poll", 10*time.Second, "how often the state of a job submitted over MQTT is read")
 }
 

@@ -128,6 +128,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if fs.NArg() > 0 {
 		return usageError{"serve takes no PATH; give the repository with --repo"}
 	}
+	if f.configFile == "" {
+		f.configFile = os.Getenv("LABSYNC_CONFIG")
+	}
 	if err := applyEnvAndConfig(fs, f.configFile); err != nil {
 		return usageError{err.Error()}
 	}
@@ -204,6 +207,18 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Ready: rt.Ping, Logger: log,
 	})
 
+	schedules := cron.New()
+	if f.driftSchedule != "" {
+		if _, err := schedules.AddFunc(f.driftSchedule, func() { ctrl.Trigger("schedule: drift check") }); err != nil {
+			return usageError{fmt.Sprintf("--drift-schedule %q: %v", f.driftSchedule, err)}
+		}
+	}
+	if f.cleanSlate != "" {
+		if _, err := schedules.AddFunc(f.cleanSlate, func() { ctrl.TriggerCleanSlate("schedule: clean slate") }); err != nil {
+			return usageError{fmt.Sprintf("--clean-slate-schedule %q: %v", f.cleanSlate, err)}
+		}
+	}
+
 	ln, err := net.Listen("tcp", f.listen)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
@@ -219,29 +234,31 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			errc <- fmt.Errorf("http: %w", err)
 		}
 	}()
-	schedules := cron.New()
-	if f.driftSchedule != "" {
-		if _, err := schedules.AddFunc(f.driftSchedule, func() { ctrl.Trigger("schedule: drift check") }); err != nil {
-			return usageError{fmt.Sprintf("--drift-schedule %q: %v", f.driftSchedule, err)}
-		}
-	}
-	if f.cleanSlate != "" {
-		if _, err := schedules.AddFunc(f.cleanSlate, func() { ctrl.TriggerCleanSlate("schedule: clean slate") }); err != nil {
-			return usageError{fmt.Sprintf("--clean-slate-schedule %q: %v", f.cleanSlate, err)}
-		}
-	}
 	schedules.Start()
 	defer schedules.Stop()
-	go func() { errc <- ctrl.Run(ctx) }()
+	ctrlDone := make(chan error, 1)
+	go func() { ctrlDone <- ctrl.Run(ctx) }()
 
+	ctrlEnded := false
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
+	case err = <-ctrlDone:
+		ctrlEnded = true
 	}
 	cancel()
 	shutdown, stop := context.WithTimeout(context.Background(), 10*time.Second)
 	defer stop()
 	_ = httpSrv.Shutdown(shutdown)
+	if !ctrlEnded {
+		// Let the pass under way record itself and finish its clean-up
+		// (a rollback has a minute); a second signal exits at once.
+		select {
+		case <-ctrlDone:
+		case <-time.After(90 * time.Second):
+			log.Warn("the pass under way did not end within 90s; exiting")
+		}
+	}
 	log.Info("labsync stopped")
 	return err
 }

@@ -89,6 +89,15 @@ func (g *gitFlags) checkout(ctx context.Context) (fs.FS, string, string, error) 
 		commit, err = src.Fetch(ctx)
 		if err == nil && g.rev != "" {
 			commit, err = src.Resolve(g.rev)
+			// Tags and other branches are fetched on demand.
+			for _, ref := range []string{"refs/tags/" + g.rev, "refs/heads/" + g.rev} {
+				if err == nil {
+					break
+				}
+				if c, ferr := src.FetchRef(ctx, ref); ferr == nil {
+					commit, err = c, nil
+				}
+			}
 		}
 	}
 	if err != nil {
