@@ -130,13 +130,22 @@ func TestAutoHealRestartsUnhealthyAgentWithinBudget(t *testing.T) {
 		defer mu.Unlock()
 		n := 0
 		for _, e := range events {
-			if e.Type == "auto-heal" && strings.Contains(e.Message, substr) {
+			if e.Type == "auto-heal" && strings.HasPrefix(e.Message, substr) {
 				n++
 			}
 		}
 		return n
 	}
+	defer func() {
+		if t.Failed() {
+			mu.Lock()
+			for _, e := range events {
+				t.Logf("event: %+v", e)
+			}
+			mu.Unlock()
+		}
+	}()
 	testenv.Eventually(t, 90*time.Second, "no auto-heal restart and refusal", func() bool {
-		return count("restarted") == 1 && count("not restarting it again") >= 1
+		return count("restarted ") == 1 && count(name+"-flaky is unhealthy") >= 1
 	})
 }

@@ -1,0 +1,4 @@
+package forge
+
+// PullJobForTest makes the request Plan takes.
+func PullJobForTest(head string) pullJob { return pullJob{head: head} }

@@ -1,0 +1,226 @@
+package forge_test
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/labsync/labsync/forge"
+	"github.com/labsync/labsync/gitsource"
+	"github.com/labsync/labsync/internal/testenv"
+	"github.com/labsync/labsync/reconciler"
+	"github.com/labsync/labsync/runtime"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+func TestMain(m *testing.M) { testenv.Main(m) }
+
+func conf(name string) string {
+	return fmt.Sprintf("agent_id: %[1]s\nserver_address: http://tf:8000\njob_queues: [%[1]s]\n", name)
+}
+
+// pullLab is a lab repository with pull requests, a fake GitHub and a
+// pipeline planning against the real Docker host.
+type pullLab struct {
+	gh   *fakeGitHub
+	repo *testenv.Repo
+	p    *forge.Pipeline
+	name string
+	rt   *runtime.Client
+}
+
+func newPullLab(t *testing.T) *pullLab {
+	t.Helper()
+	rt := testenv.Docker(t)
+	gs := testenv.NewGitServer(t, "u", "p")
+	pl := &pullLab{gh: newFakeGitHub(t), repo: gs.NewRepo(t, "lab"), name: "forge-lab", rt: rt}
+	pl.repo.Commit("lab", map[string]string{
+		"lab.yaml":       "name: " + pl.name + "\nagents:\n  image: {name: testflinger-agent:1}\n",
+		"sut/alpha.conf": conf("alpha"),
+	})
+	src, err := gitsource.Open(gitsource.Options{URL: pl.repo.URL, CacheDir: t.TempDir(), Auth: gitsource.Auth{Username: "u", Password: "p"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := forge.New(forge.Options{BaseURL: pl.gh.URL + "/api/v3/", Owner: "o", Repo: "r", Token: "t0ken", MaxWait: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pl.p = forge.NewPipeline(forge.PipelineOptions{GitHub: client, Source: src, Docker: rt, Lab: pl.name, BlobURL: forge.BlobURL("https://github.com", "o", "r")})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { pl.p.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return pl
+}
+
+// push commits files on a branch and publishes it as refs/pull/n/head.
+func (pl *pullLab) push(t *testing.T, n int, msg string, files map[string]string) string {
+	t.Helper()
+	if strings.TrimSpace(testenv.Git(t, pl.repo.Dir, "branch", "--show-current")) != fmt.Sprintf("pr%d", n) {
+		testenv.Git(t, pl.repo.Dir, "checkout", "-q", "-B", fmt.Sprintf("pr%d", n), "main")
+	}
+	for name, content := range files {
+		testenv.WriteFiles(t, pl.repo.Dir, map[string]string{name: content})
+	}
+	testenv.Git(t, pl.repo.Dir, "add", "-A")
+	testenv.Git(t, pl.repo.Dir, "commit", "-q", "-m", msg)
+	testenv.Git(t, pl.repo.Dir, "push", "-q", "-f", "origin", fmt.Sprintf("HEAD:refs/pull/%d/head", n))
+	return strings.TrimSpace(testenv.Git(t, pl.repo.Dir, "rev-parse", "HEAD"))
+}
+
+func TestPullRequestPlanIsOneStickyComment(t *testing.T) {
+	pl := newPullLab(t)
+	head1 := pl.push(t, 7, "add beta", map[string]string{"sut/beta.conf": conf("beta")})
+	pl.p.PullRequest(7, head1, false)
+	testenv.Eventually(t, 30*time.Second, "no plan comment", func() bool {
+		cs, st := pl.gh.snapshot()
+		return len(cs[7]) == 1 && len(st) == 1
+	})
+	head2 := pl.push(t, 7, "add gamma too", map[string]string{"sut/gamma.conf": conf("gamma")})
+	pl.p.PullRequest(7, head2, false)
+	testenv.Eventually(t, 30*time.Second, "comment not updated", func() bool {
+		cs, st := pl.gh.snapshot()
+		return len(st) == 2 && strings.Contains(cs[7][0].Body, head2[:12])
+	})
+	cs, st := pl.gh.snapshot()
+	if len(cs[7]) != 1 {
+		t.Fatalf("%d comments on #7, want one edited in place", len(cs[7]))
+	}
+	body := cs[7][0].Body
+	for _, want := range []string{forge.Marker(pl.name), "create | agent `beta`", "create | agent `gamma`", "<details>"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("comment lacks %q:\n%s", want, body)
+		}
+	}
+	if s := st[1]; s.SHA != head2 || s.State != "success" || s.Context != "labsync/"+pl.name+"/plan" {
+		t.Errorf("status = %+v", s)
+	}
+}
+
+func TestInvalidPullRequestFailsWithFileAndLine(t *testing.T) {
+	pl := newPullLab(t)
+	head := pl.push(t, 8, "typo", map[string]string{"sut/beta.conf": strings.Replace(conf("beta"), "job_queues", "job_queue", 1)})
+	pl.p.PullRequest(8, head, true)
+	testenv.Eventually(t, 30*time.Second, "no failure status", func() bool {
+		_, st := pl.gh.snapshot()
+		return len(st) == 1
+	})
+	cs, st := pl.gh.snapshot()
+	if st[0].State != "failure" || st[0].SHA != head {
+		t.Errorf("status = %+v", st[0])
+	}
+	body := cs[8][0].Body
+	link := fmt.Sprintf("[`sut/beta.conf:3`](https://github.com/o/r/blob/%s/sut/beta.conf#L3)", head)
+	for _, want := range []string{"invalid", link, "unknown key 'job_queue' (did you mean 'job_queues'?)", "from a fork: planned only"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("comment lacks %q:\n%s", want, body)
+		}
+	}
+}
+
+func TestMergedPullRequestGetsApplyResult(t *testing.T) {
+	pl := newPullLab(t)
+	pl.gh.mu.Lock()
+	pl.gh.pulls["abc123"] = []int{9}
+	pl.gh.mu.Unlock()
+	run := reconciler.Run{Revision: "abc123", Applied: "abc123", Result: reconciler.ResultFailed, Error: "1 of 2 action(s) did not succeed",
+		Results: []reconciler.Result{
+			{Action: reconciler.Action{Kind: reconciler.Create, ObjectKind: "agent", Object: "beta", Reasons: []string{"declared in sut/beta.conf, no container yet"}}, Status: reconciler.StatusOK},
+			{Action: reconciler.Action{Kind: reconciler.Recreate, ObjectKind: "agent", Object: "alpha"}, Status: reconciler.StatusRolledBack, Error: "exited with code 1; last log lines: MAAS_API_KEY=s3cr3t-value | boom"},
+		}}
+	pl.p.Applied(run)
+	testenv.Eventually(t, 30*time.Second, "apply not reported", func() bool {
+		cs, st := pl.gh.snapshot()
+		return len(cs[9]) == 1 && len(st) == 1
+	})
+	cs, st := pl.gh.snapshot()
+	body := cs[9][0].Body
+	if !strings.Contains(body, "❌ 1 of 2 action(s) did not succeed") || strings.Contains(body, "s3cr3t") || !strings.Contains(body, "MAAS_API_KEY=***") {
+		t.Errorf("apply comment:\n%s", body)
+	}
+	if st[0].Context != "labsync/forge-lab/apply" || st[0].State != "failure" {
+		t.Errorf("status = %+v", st[0])
+	}
+}
+
+// GitHub answering 500 or a rate-limit 403 is retried, then given up
+// without blocking anything.
+func TestGitHubErrorsAreRetriedThenGivenUp(t *testing.T) {
+	pl := newPullLab(t)
+	head := pl.push(t, 10, "add beta", map[string]string{"sut/beta.conf": conf("beta")})
+	pl.gh.mu.Lock()
+	pl.gh.fail["GET /repos/o/r/issues/10/comments"] = 2
+	pl.gh.rateHit["POST /repos/o/r/statuses/"] = 1
+	pl.gh.mu.Unlock()
+	start := time.Now()
+	pl.p.PullRequest(10, head, false)
+	if time.Since(start) > 10*time.Millisecond {
+		t.Error("queueing a pull request waited")
+	}
+	testenv.Eventually(t, 30*time.Second, "not retried to success", func() bool {
+		cs, st := pl.gh.snapshot()
+		return len(cs[10]) == 1 && len(st) == 1
+	})
+	// Now GitHub stays down: the plan is given up after the retries.
+	pl.gh.mu.Lock()
+	pl.gh.fail["GET /repos/o/r/issues/10/comments"] = 1000
+	callsBefore := pl.gh.calls
+	pl.gh.mu.Unlock()
+	pl.p.PullRequest(10, head, false)
+	testenv.Eventually(t, 30*time.Second, "never gave up", func() bool {
+		pl.gh.mu.Lock()
+		defer pl.gh.mu.Unlock()
+		return pl.gh.fail["GET /repos/o/r/issues/10/comments"] == 1000-4 // first try and 3 retries
+	})
+	pl.gh.mu.Lock()
+	if pl.gh.calls-callsBefore != 4 {
+		t.Errorf("%d calls while GitHub was down, want 4", pl.gh.calls-callsBefore)
+	}
+	pl.gh.mu.Unlock()
+}
+
+// The comments as GitHub shows them, reviewed in the diff.
+func TestRenderedCommentsGolden(t *testing.T) {
+	pl := newPullLab(t)
+	head := pl.push(t, 11, "three SUTs", map[string]string{
+		"sut/alpha.conf": conf("alpha") + "polling_interval: 30\n",
+		"sut/beta.conf":  conf("beta"),
+		"sut/gamma.conf": conf("gamma"),
+	})
+	res, err := pl.p.Plan(context.Background(), 11, forge.PullJobForTest(head))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := strings.ReplaceAll(res.Body, head, "HEAD_SHA")
+	body = strings.ReplaceAll(body, head[:12], "HEAD_SHA")
+	testenv.Golden(t, filepath.Join("testdata", "plan-3-suts.md"), body, *update)
+
+	bad := pl.push(t, 12, "typo", map[string]string{"sut/beta.conf": strings.Replace(conf("beta"), "job_queues", "job_queue", 1), "sut/README": "x"})
+	res, err = pl.p.Plan(context.Background(), 12, forge.PullJobForTest(bad))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body = strings.ReplaceAll(strings.ReplaceAll(res.Body, bad, "HEAD_SHA"), bad[:12], "HEAD_SHA")
+	testenv.Golden(t, filepath.Join("testdata", "plan-invalid.md"), body, *update)
+
+	apply := forge.RenderApply(forge.ApplyView{Lab: "forge-lab", Revision: "0123456789abcdef", Results: []reconciler.Result{
+		{Action: reconciler.Action{Kind: reconciler.Recreate, ObjectKind: "agent", Object: "alpha", Reasons: []string{"sut/alpha.conf changed (polling_interval)"}}, Status: reconciler.StatusOK},
+		{Action: reconciler.Action{Kind: reconciler.Create, ObjectKind: "agent", Object: "beta", Reasons: []string{"declared in sut/beta.conf, no container yet"}}, Status: reconciler.StatusOK},
+		{Action: reconciler.Action{Kind: reconciler.Create, ObjectKind: "agent", Object: "gamma"}, Status: reconciler.StatusFailed, Error: "exited with code 2; last log lines: token=abc | device unreachable"},
+	}})
+	testenv.Golden(t, filepath.Join("testdata", "apply.md"), apply, *update)
+}
+
+func TestTruncate(t *testing.T) {
+	long := strings.Repeat("é", forge.MaxCommentSize)
+	got := forge.Truncate(long)
+	if len(got) > forge.MaxCommentSize || !strings.Contains(got, "over GitHub's 65536-character limit") {
+		t.Errorf("truncated to %d bytes", len(got))
+	}
+}

@@ -1,0 +1,246 @@
+package forge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/labsync/labsync/lab"
+	"github.com/labsync/labsync/reconciler"
+	"github.com/labsync/labsync/runtime"
+)
+
+// Source is what the pipeline needs of the git cache.
+type Source interface {
+	FetchRef(ctx context.Context, ref string) (string, error)
+	Tree(commit string) (fs.FS, error)
+}
+
+// Observer reads what a lab runs on the Docker host.
+type Observer interface {
+	Observe(ctx context.Context, labName string) (*runtime.Observed, error)
+}
+
+// PipelineOptions configure a Pipeline.
+type PipelineOptions struct {
+	GitHub   *Client
+	Source   Source
+	Docker   Observer
+	Lab      string // the lab name when lab.yaml sets none
+	BlobURL  string // e.g. https://github.com/owner/repo/blob/
+	Logger   *slog.Logger
+	Interval time.Duration // polling of open pull requests; 0: off
+}
+
+// Pipeline plans pull requests and reports applies on GitHub, on its own
+// goroutine: nothing it does ever holds up a pass.
+type Pipeline struct {
+	opts PipelineOptions
+	log  *slog.Logger
+	wake chan struct{}
+
+	mu       sync.Mutex
+	pending  map[int]pullJob // latest request per pull request
+	applies  []reconciler.Run
+	lastHead map[int]string // heads planned, for polling
+}
+
+type pullJob struct {
+	head string
+	fork bool
+}
+
+// NewPipeline makes a pipeline; Run starts it.
+func NewPipeline(o PipelineOptions) *Pipeline {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Pipeline{opts: o, log: o.Logger, wake: make(chan struct{}, 1), pending: map[int]pullJob{}, lastHead: map[int]string{}}
+}
+
+func (p *Pipeline) kick() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+// PullRequest asks for a plan of pull request number at head. It never
+// blocks; a newer request for the same pull request replaces an older one.
+func (p *Pipeline) PullRequest(number int, head string, fork bool) {
+	p.mu.Lock()
+	p.pending[number] = pullJob{head: head, fork: fork}
+	p.mu.Unlock()
+	p.kick()
+}
+
+// Applied reports a pass that applied a revision to the pull requests
+// that brought it. It never blocks.
+func (p *Pipeline) Applied(run reconciler.Run) {
+	p.mu.Lock()
+	if len(p.applies) < 20 {
+		p.applies = append(p.applies, run)
+	}
+	p.mu.Unlock()
+	p.kick()
+}
+
+// Run works through requests until ctx ends.
+func (p *Pipeline) Run(ctx context.Context) {
+	var poll <-chan time.Time
+	if p.opts.Interval > 0 {
+		t := time.NewTicker(p.opts.Interval)
+		defer t.Stop()
+		poll = t.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.wake:
+		case <-poll:
+			p.pollOpen(ctx)
+		}
+		p.mu.Lock()
+		jobs, applies := p.pending, p.applies
+		p.pending, p.applies = map[int]pullJob{}, nil
+		p.mu.Unlock()
+		for n, j := range jobs {
+			if err := p.planPull(ctx, n, j); err != nil {
+				p.log.Warn("pull request not planned", "pr", n, "err", err)
+			}
+		}
+		for _, run := range applies {
+			if err := p.reportApply(ctx, run); err != nil {
+				p.log.Warn("apply result not reported", "revision", short(run.Applied), "err", err)
+			}
+		}
+	}
+}
+
+// pollOpen queues the open pull requests whose head moved.
+func (p *Pipeline) pollOpen(ctx context.Context) {
+	pulls, err := p.opts.GitHub.OpenPulls(ctx)
+	if err != nil {
+		p.log.Warn("open pull requests not listed", "err", err)
+		return
+	}
+	p.mu.Lock()
+	for _, pr := range pulls {
+		if p.lastHead[pr.Number] != pr.Head {
+			p.pending[pr.Number] = pullJob{head: pr.Head, fork: pr.Fork}
+		}
+	}
+	p.mu.Unlock()
+}
+
+// PlanResult is what a pull request's plan found, for tests and logs.
+type PlanResult struct {
+	Lab     string
+	Head    string
+	Body    string
+	Invalid bool
+}
+
+// planPull fetches the pull request's head, validates and plans it against
+// the live host, and keeps the lab's sticky comment and commit status up to
+// date. Nothing from the pull request is built or run.
+func (p *Pipeline) planPull(ctx context.Context, number int, j pullJob) error {
+	res, err := p.Plan(ctx, number, j)
+	if err != nil {
+		return err
+	}
+	gh := p.opts.GitHub
+	if _, err := gh.UpsertComment(ctx, number, Marker(res.Lab), res.Body); err != nil {
+		return err
+	}
+	state, desc := StateSuccess, "valid"
+	if res.Invalid {
+		state, desc = StateFailure, "invalid: see the labsync comment for each file:line"
+	}
+	if err := gh.SetStatus(ctx, res.Head, "labsync/"+res.Lab+"/plan", state, desc); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	p.lastHead[number] = res.Head
+	p.mu.Unlock()
+	p.log.Info("pull request planned", "pr", number, "head", short(res.Head), "invalid", res.Invalid)
+	return nil
+}
+
+// Plan computes a pull request's plan and its comment, without GitHub.
+func (p *Pipeline) Plan(ctx context.Context, number int, j pullJob) (PlanResult, error) {
+	head, err := p.opts.Source.FetchRef(ctx, fmt.Sprintf("refs/pull/%d/head", number))
+	if err != nil {
+		return PlanResult{}, err
+	}
+	if j.head != "" && head != j.head {
+		p.log.Info("pull request head moved since the event; planning the newest", "pr", number, "event", short(j.head), "fetched", short(head))
+	}
+	tree, err := p.opts.Source.Tree(head)
+	if err != nil {
+		return PlanResult{}, err
+	}
+	l, err := lab.Load(tree, lab.LoadOptions{DefaultName: p.opts.Lab})
+	view := PlanView{Lab: p.opts.Lab, Head: head, BlobURL: p.opts.BlobURL, Diagnostics: l.Diagnostics, Fork: j.fork}
+	var verr *lab.ValidationError
+	switch {
+	case errors.As(err, &verr):
+		if l.Name != "" {
+			view.Lab = l.Name
+		}
+		return PlanResult{Lab: view.Lab, Head: head, Body: RenderPlan(view), Invalid: true}, nil
+	case err != nil:
+		return PlanResult{}, err
+	}
+	d := lab.Compile(l, lab.CompileOptions{Revision: head})
+	obs, err := p.opts.Docker.Observe(ctx, d.Lab)
+	if err != nil {
+		return PlanResult{}, err
+	}
+	view.Lab, view.Plan = d.Lab, reconciler.Plan(d, obs, reconciler.PlanOptions{})
+	return PlanResult{Lab: d.Lab, Head: head, Body: RenderPlan(view)}, nil
+}
+
+// reportApply updates the sticky comment of each pull request that brought
+// the applied revision, and sets labsync/<lab>/apply on the commit.
+func (p *Pipeline) reportApply(ctx context.Context, run reconciler.Run) error {
+	gh := p.opts.GitHub
+	labName := p.opts.Lab
+	if run.Plan != nil && run.Plan.Lab != "" {
+		labName = run.Plan.Lab
+	}
+	pulls, err := gh.PullsForCommit(ctx, run.Applied)
+	if err != nil {
+		return err
+	}
+	body := RenderApply(ApplyView{Lab: labName, Revision: run.Applied, Results: run.Results, Plan: run.Plan})
+	var errs []error
+	for _, n := range pulls {
+		if _, err := gh.UpsertComment(ctx, n, Marker(labName), body); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	state, desc := StateSuccess, fmt.Sprintf("applied: %d action(s)", len(run.Results))
+	if run.Result == reconciler.ResultFailed {
+		state, desc = StateFailure, run.Error
+	}
+	if err := gh.SetStatus(ctx, run.Applied, "labsync/"+labName+"/apply", state, desc); err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) == 0 {
+		p.log.Info("apply result reported", "revision", short(run.Applied), "pulls", fmt.Sprint(pulls))
+	}
+	return errors.Join(errs...)
+}
+
+// blobURL derives the web address of files from a repository's API
+// coordinates.
+func BlobURL(web, owner, repo string) string {
+	return strings.TrimRight(web, "/") + "/" + owner + "/" + repo + "/blob/"
+}

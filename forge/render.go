@@ -1,0 +1,175 @@
+package forge
+
+import (
+	"bytes"
+	"fmt"
+	"regexp"
+	"strings"
+
+	"github.com/labsync/labsync/lab"
+	"github.com/labsync/labsync/reconciler"
+)
+
+// Marker is the hidden mark of a lab's sticky comment.
+func Marker(labName string) string { return "<!-- labsync:lab=" + labName + " -->" }
+
+// PlanView is what a plan comment shows.
+type PlanView struct {
+	Lab string
+	// Head is the pull request's head commit.
+	Head string
+	// BlobURL is the web address files are linked under, e.g.
+	// https://github.com/owner/repo/blob/; empty: no links.
+	BlobURL     string
+	Diagnostics lab.Diagnostics
+	// Plan is nil when the revision is invalid.
+	Plan *reconciler.Changeset
+	Fork bool
+}
+
+// RenderPlan renders the sticky comment for a pull request's plan.
+func RenderPlan(v PlanView) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s\n### labsync · `%s` · plan for `%s`\n\n", Marker(v.Lab), v.Lab, short(v.Head))
+	errs, warns := v.Diagnostics.Count()
+	if errs > 0 {
+		fmt.Fprintf(&b, "❌ **This revision is invalid** (%d error(s), %d warning(s)); labsync would not apply it.\n\n", errs, warns)
+	} else if v.Plan != nil {
+		c := v.Plan.Counts()
+		other := len(v.Plan.Actions) - c[reconciler.Create] - c[reconciler.Recreate] - c[reconciler.Remove]
+		if v.Plan.Empty() {
+			fmt.Fprintf(&b, "✅ Valid. Merging changes nothing on the lab host (%d object(s) unchanged).\n\n", len(v.Plan.Unchanged))
+		} else {
+			fmt.Fprintf(&b, "✅ Valid. On merge labsync will **create %d, recreate %d, remove %d** and do %d other action(s); %d object(s) stay unchanged.\n\n",
+				c[reconciler.Create], c[reconciler.Recreate], c[reconciler.Remove], other, len(v.Plan.Unchanged))
+		}
+	}
+	if len(v.Diagnostics) > 0 {
+		b.WriteString("| | Where | Problem |\n|---|---|---|\n")
+		for _, d := range v.Diagnostics {
+			icon := "❌"
+			if d.Severity == lab.SeverityWarning {
+				icon = "⚠️"
+			}
+			fmt.Fprintf(&b, "| %s | %s | %s |\n", icon, v.link(d), cell(d.Message))
+		}
+		b.WriteString("\n")
+	}
+	if v.Plan != nil && !v.Plan.Empty() {
+		b.WriteString("| Action | Object | Why |\n|---|---|---|\n")
+		for _, a := range v.Plan.Actions {
+			fmt.Fprintf(&b, "| %s | %s `%s` | %s |\n", a.Kind, a.ObjectKind, a.Object, cell(strings.Join(a.Reasons, "; ")))
+		}
+		b.WriteString("\n")
+	}
+	if v.Plan != nil {
+		for _, w := range v.Plan.Warnings {
+			fmt.Fprintf(&b, "> ⚠️ %s\n\n", cell(w))
+		}
+		var table bytes.Buffer
+		_ = v.Plan.WriteTable(&table)
+		fmt.Fprintf(&b, "<details><summary>Full plan</summary>\n\n```\n%s```\n</details>\n\n", table.String())
+	}
+	if v.Fork {
+		b.WriteString("<sub>Pull request from a fork: planned only. Nothing from it is built or run.</sub>\n")
+	}
+	b.WriteString("<sub>The plan is made against the lab host as it runs now; it is updated on every push.</sub>\n")
+	return b.String()
+}
+
+func (v PlanView) link(d lab.Diagnostic) string {
+	loc := d.File
+	if d.Line > 0 {
+		loc = fmt.Sprintf("%s:%d", d.File, d.Line)
+	}
+	if v.BlobURL == "" || d.File == "" {
+		return "`" + loc + "`"
+	}
+	anchor := ""
+	if d.Line > 0 {
+		anchor = fmt.Sprintf("#L%d", d.Line)
+	}
+	return fmt.Sprintf("[`%s`](%s%s/%s%s)", loc, v.BlobURL, v.Head, d.File, anchor)
+}
+
+// ApplyView is what an apply-result comment shows.
+type ApplyView struct {
+	Lab      string
+	Revision string
+	// PR is the pull request's number, for the heading.
+	Results []reconciler.Result
+	Plan    *reconciler.Changeset
+}
+
+// RenderApply renders the sticky comment after a merged revision was
+// applied.
+func RenderApply(v ApplyView) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s\n### labsync · `%s` · applied `%s`\n\n", Marker(v.Lab), v.Lab, short(v.Revision))
+	failed := 0
+	for _, r := range v.Results {
+		if r.Status != reconciler.StatusOK && r.Status != reconciler.StatusDeferred {
+			failed++
+		}
+	}
+	switch {
+	case len(v.Results) == 0:
+		b.WriteString("✅ Applied: the lab host already matched this revision.\n\n")
+	case failed == 0:
+		fmt.Fprintf(&b, "✅ Applied: %d action(s) succeeded.\n\n", len(v.Results))
+	default:
+		fmt.Fprintf(&b, "❌ %d of %d action(s) did not succeed. labsync retries with backoff; fix the cause or revert.\n\n", failed, len(v.Results))
+	}
+	if len(v.Results) > 0 {
+		b.WriteString("| Object | Action | Result | Detail |\n|---|---|---|---|\n")
+		for _, r := range v.Results {
+			icon := map[reconciler.Status]string{reconciler.StatusOK: "✅", reconciler.StatusDeferred: "⏳"}[r.Status]
+			if icon == "" {
+				icon = "❌"
+			}
+			detail := r.Error
+			if detail == "" {
+				detail = strings.Join(r.Action.Reasons, "; ")
+			}
+			fmt.Fprintf(&b, "| %s `%s` | %s | %s %s | %s |\n", r.Action.ObjectKind, r.Action.Object, r.Action.Kind, icon, r.Status, cell(Redact(detail)))
+		}
+		b.WriteString("\n")
+	}
+	return b.String()
+}
+
+// cell makes text safe inside a Markdown table cell.
+func cell(s string) string {
+	s = strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;").Replace(s)
+	s = strings.ReplaceAll(s, "|", "\\|")
+	s = strings.ReplaceAll(s, "\r", "")
+	return strings.ReplaceAll(s, "\n", "<br>")
+}
+
+func short(s string) string {
+	if len(s) > 12 {
+		return s[:12]
+	}
+	return s
+}
+
+var secretish = regexp.MustCompile(`(?i)\b([A-Z0-9_.-]*(?:password|passwd|secret|token|api[_-]?key|private[_-]?key)[A-Z0-9_.-]*)(\s*[=:]\s*)("[^"]*"|'[^']*'|\S+)`)
+
+// Redact hides values that look like secrets (KEY=value where the key
+// names a password, secret, token or key) in text such as log tails.
+func Redact(s string) string { return secretish.ReplaceAllString(s, "$1$2***") }
+
+// Truncate cuts a comment to GitHub's limit, saying so.
+func Truncate(body string) string {
+	if len(body) <= MaxCommentSize {
+		return body
+	}
+	note := "\n\n… (cut: the comment was over GitHub's 65536-character limit; `labsync plan` shows everything)\n"
+	cut := MaxCommentSize - len(note)
+	for cut > 0 && !utf8Start(body[cut]) {
+		cut--
+	}
+	return body[:cut] + note
+}
+
+func utf8Start(b byte) bool { return b&0xC0 != 0x80 }
