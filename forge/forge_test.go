@@ -27,7 +27,7 @@ func conf(name string) string {
 // pullLab is a lab repository with pull requests, a fake GitHub and a
 // pipeline planning against the real Docker host.
 type pullLab struct {
-	gh   *fakeGitHub
+	gh   *testenv.FakeGitHub
 	repo *testenv.Repo
 	p    *forge.Pipeline
 	name string
@@ -38,7 +38,7 @@ func newPullLab(t *testing.T) *pullLab {
 	t.Helper()
 	rt := testenv.Docker(t)
 	gs := testenv.NewGitServer(t, "u", "p")
-	pl := &pullLab{gh: newFakeGitHub(t), repo: gs.NewRepo(t, "lab"), name: "forge-lab", rt: rt}
+	pl := &pullLab{gh: testenv.NewFakeGitHub(t), repo: gs.NewRepo(t, "lab"), name: "forge-lab", rt: rt}
 	pl.repo.Commit("lab", map[string]string{
 		"lab.yaml":       "name: " + pl.name + "\nagents:\n  image: {name: testflinger-agent:1}\n",
 		"sut/alpha.conf": conf("alpha"),
@@ -47,7 +47,7 @@ func newPullLab(t *testing.T) *pullLab {
 	if err != nil {
 		t.Fatal(err)
 	}
-	client, err := forge.New(forge.Options{BaseURL: pl.gh.URL + "/api/v3/", Owner: "o", Repo: "r", Token: "t0ken", MaxWait: 10 * time.Millisecond})
+	client, err := forge.New(forge.Options{BaseURL: pl.gh.APIURL(), Owner: "o", Repo: "r", Token: "t0ken", MaxWait: 10 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,16 +79,16 @@ func TestPullRequestPlanIsOneStickyComment(t *testing.T) {
 	head1 := pl.push(t, 7, "add beta", map[string]string{"sut/beta.conf": conf("beta")})
 	pl.p.PullRequest(7, head1, false)
 	testenv.Eventually(t, 30*time.Second, "no plan comment", func() bool {
-		cs, st := pl.gh.snapshot()
+		cs, st := pl.gh.Snapshot()
 		return len(cs[7]) == 1 && len(st) == 1
 	})
 	head2 := pl.push(t, 7, "add gamma too", map[string]string{"sut/gamma.conf": conf("gamma")})
 	pl.p.PullRequest(7, head2, false)
 	testenv.Eventually(t, 30*time.Second, "comment not updated", func() bool {
-		cs, st := pl.gh.snapshot()
+		cs, st := pl.gh.Snapshot()
 		return len(st) == 2 && strings.Contains(cs[7][0].Body, head2[:12])
 	})
-	cs, st := pl.gh.snapshot()
+	cs, st := pl.gh.Snapshot()
 	if len(cs[7]) != 1 {
 		t.Fatalf("%d comments on #7, want one edited in place", len(cs[7]))
 	}
@@ -108,10 +108,10 @@ func TestInvalidPullRequestFailsWithFileAndLine(t *testing.T) {
 	head := pl.push(t, 8, "typo", map[string]string{"sut/beta.conf": strings.Replace(conf("beta"), "job_queues", "job_queue", 1)})
 	pl.p.PullRequest(8, head, true)
 	testenv.Eventually(t, 30*time.Second, "no failure status", func() bool {
-		_, st := pl.gh.snapshot()
+		_, st := pl.gh.Snapshot()
 		return len(st) == 1
 	})
-	cs, st := pl.gh.snapshot()
+	cs, st := pl.gh.Snapshot()
 	if st[0].State != "failure" || st[0].SHA != head {
 		t.Errorf("status = %+v", st[0])
 	}
@@ -126,9 +126,9 @@ func TestInvalidPullRequestFailsWithFileAndLine(t *testing.T) {
 
 func TestMergedPullRequestGetsApplyResult(t *testing.T) {
 	pl := newPullLab(t)
-	pl.gh.mu.Lock()
-	pl.gh.pulls["abc123"] = []int{9}
-	pl.gh.mu.Unlock()
+	pl.gh.Mu.Lock()
+	pl.gh.Pulls["abc123"] = []int{9}
+	pl.gh.Mu.Unlock()
 	run := reconciler.Run{Revision: "abc123", Applied: "abc123", Result: reconciler.ResultFailed, Error: "1 of 2 action(s) did not succeed",
 		Results: []reconciler.Result{
 			{Action: reconciler.Action{Kind: reconciler.Create, ObjectKind: "agent", Object: "beta", Reasons: []string{"declared in sut/beta.conf, no container yet"}}, Status: reconciler.StatusOK},
@@ -136,10 +136,10 @@ func TestMergedPullRequestGetsApplyResult(t *testing.T) {
 		}}
 	pl.p.Applied(run)
 	testenv.Eventually(t, 30*time.Second, "apply not reported", func() bool {
-		cs, st := pl.gh.snapshot()
+		cs, st := pl.gh.Snapshot()
 		return len(cs[9]) == 1 && len(st) == 1
 	})
-	cs, st := pl.gh.snapshot()
+	cs, st := pl.gh.Snapshot()
 	body := cs[9][0].Body
 	if !strings.Contains(body, "❌ 1 of 2 action(s) did not succeed") || strings.Contains(body, "s3cr3t") || !strings.Contains(body, "MAAS_API_KEY=***") {
 		t.Errorf("apply comment:\n%s", body)
@@ -154,35 +154,35 @@ func TestMergedPullRequestGetsApplyResult(t *testing.T) {
 func TestGitHubErrorsAreRetriedThenGivenUp(t *testing.T) {
 	pl := newPullLab(t)
 	head := pl.push(t, 10, "add beta", map[string]string{"sut/beta.conf": conf("beta")})
-	pl.gh.mu.Lock()
-	pl.gh.fail["GET /repos/o/r/issues/10/comments"] = 2
-	pl.gh.rateHit["POST /repos/o/r/statuses/"] = 1
-	pl.gh.mu.Unlock()
+	pl.gh.Mu.Lock()
+	pl.gh.Fail["GET /repos/o/r/issues/10/comments"] = 2
+	pl.gh.RateHit["POST /repos/o/r/statuses/"] = 1
+	pl.gh.Mu.Unlock()
 	start := time.Now()
 	pl.p.PullRequest(10, head, false)
 	if time.Since(start) > 10*time.Millisecond {
 		t.Error("queueing a pull request waited")
 	}
 	testenv.Eventually(t, 30*time.Second, "not retried to success", func() bool {
-		cs, st := pl.gh.snapshot()
+		cs, st := pl.gh.Snapshot()
 		return len(cs[10]) == 1 && len(st) == 1
 	})
 	// Now GitHub stays down: the plan is given up after the retries.
-	pl.gh.mu.Lock()
-	pl.gh.fail["GET /repos/o/r/issues/10/comments"] = 1000
-	callsBefore := pl.gh.calls
-	pl.gh.mu.Unlock()
+	pl.gh.Mu.Lock()
+	pl.gh.Fail["GET /repos/o/r/issues/10/comments"] = 1000
+	callsBefore := pl.gh.Calls
+	pl.gh.Mu.Unlock()
 	pl.p.PullRequest(10, head, false)
 	testenv.Eventually(t, 30*time.Second, "never gave up", func() bool {
-		pl.gh.mu.Lock()
-		defer pl.gh.mu.Unlock()
-		return pl.gh.fail["GET /repos/o/r/issues/10/comments"] == 1000-4 // first try and 3 retries
+		pl.gh.Mu.Lock()
+		defer pl.gh.Mu.Unlock()
+		return pl.gh.Fail["GET /repos/o/r/issues/10/comments"] == 1000-4 // first try and 3 retries
 	})
-	pl.gh.mu.Lock()
-	if pl.gh.calls-callsBefore != 4 {
-		t.Errorf("%d calls while GitHub was down, want 4", pl.gh.calls-callsBefore)
+	pl.gh.Mu.Lock()
+	if pl.gh.Calls-callsBefore != 4 {
+		t.Errorf("%d calls while GitHub was down, want 4", pl.gh.Calls-callsBefore)
 	}
-	pl.gh.mu.Unlock()
+	pl.gh.Mu.Unlock()
 }
 
 // The comments as GitHub shows them, reviewed in the diff.

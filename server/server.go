@@ -38,8 +38,11 @@ type Options struct {
 	Insecure      bool
 	// Ready checks the dependencies of /readyz besides the first fetch
 	// (Docker reachable).
-	Ready  func(ctx context.Context) error
-	Logger *slog.Logger
+	Ready func(ctx context.Context) error
+	// PullRequest, when set, receives opened, synchronized and reopened
+	// pull requests for planning.
+	PullRequest func(number int, head string, fork bool)
+	Logger      *slog.Logger
 }
 
 // Server serves labsync's HTTP endpoints.
@@ -74,6 +77,11 @@ func New(opts Options) *Server {
 	s.mux.HandleFunc("POST /api/v1/sync", s.handleSync)
 	s.mux.HandleFunc("GET /{$}", s.handlePage)
 	return s
+}
+
+// SetPullRequestHandler sets Options.PullRequest after New.
+func (s *Server) SetPullRequestHandler(f func(number int, head string, fork bool)) {
+	s.opts.PullRequest = f
 }
 
 // ServeHTTP implements http.Handler.

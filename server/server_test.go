@@ -1,9 +1,12 @@
 package server
 
 import (
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -104,5 +107,31 @@ func TestFormEncodedPush(t *testing.T) {
 	})
 	if w.Code != http.StatusAccepted || len(*triggers) != 1 {
 		t.Errorf("form push: %d %s, triggers %v", w.Code, w.Body, *triggers)
+	}
+}
+
+// The real pull_request payloads reach the pipeline; closed ones do not.
+func TestPullRequestWebhooksFromFixtures(t *testing.T) {
+	var got []string
+	s := New(Options{Status: fixedStatus{}, Trigger: func(string) {}, Branch: "main", WebhookSecret: []byte("k"),
+		PullRequest: func(n int, head string, fork bool) { got = append(got, fmt.Sprintf("#%d %s fork=%v", n, head, fork)) }})
+	for _, f := range []string{"pull_request_opened", "pull_request_synchronize", "pull_request_reopened", "pull_request_closed"} {
+		body, err := os.ReadFile(filepath.Join("..", "..", "shared", "fixtures", "github-webhooks", f+".payload.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		w := do(s, http.MethodPost, "/hooks/github", string(body), map[string]string{
+			"X-GitHub-Event": "pull_request", "X-GitHub-Delivery": f, "X-Hub-Signature-256": Sign([]byte("k"), body), "Content-Type": "application/json"})
+		if w.Code != http.StatusAccepted {
+			t.Errorf("%s: %d %s", f, w.Code, w.Body)
+		}
+	}
+	if len(got) != 3 {
+		t.Fatalf("pipeline got %v, want opened, synchronize and reopened", got)
+	}
+	for _, g := range got {
+		if !strings.HasPrefix(g, "#2 ") || !strings.Contains(g, "ec26c3e57ca3a959ca5aad62de7213c562f8c821") {
+			t.Errorf("pipeline got %s, want #2 at the fixture's head", g)
+		}
 	}
 }

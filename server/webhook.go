@@ -154,13 +154,43 @@ func (s *Server) handleGitHub(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusAccepted, hookReply{Status: "accepted", Detail: "a pass will fetch " + p.Ref})
 	case "pull_request":
 		var p struct {
-			Action string `json:"action"`
-			Number int    `json:"number"`
+			Action      string `json:"action"`
+			Number      int    `json:"number"`
+			PullRequest struct {
+				Head struct {
+					SHA  string `json:"sha"`
+					Repo struct {
+						FullName string `json:"full_name"`
+					} `json:"repo"`
+				} `json:"head"`
+				Base struct {
+					Repo struct {
+						FullName string `json:"full_name"`
+					} `json:"repo"`
+				} `json:"base"`
+			} `json:"pull_request"`
 		}
-		_ = json.Unmarshal(body, &p)
-		log.Info("webhook: pull request acknowledged; pull-request plans are not enabled", "action", p.Action, "number", p.Number)
-		s.webhook("acknowledged")
-		writeJSON(w, http.StatusAccepted, hookReply{Status: "acknowledged", Detail: fmt.Sprintf("pull request #%d %s", p.Number, p.Action)})
+		if err := json.Unmarshal(body, &p); err != nil || p.Number <= 0 {
+			s.webhook("bad-payload")
+			writeJSON(w, http.StatusBadRequest, hookReply{Status: "rejected", Detail: "not a pull_request payload"})
+			return
+		}
+		switch {
+		case s.opts.PullRequest == nil:
+			log.Info("webhook: pull request acknowledged; pull-request plans are off (no GitHub token)", "action", p.Action, "number", p.Number)
+			s.webhook("acknowledged")
+			writeJSON(w, http.StatusAccepted, hookReply{Status: "acknowledged", Detail: fmt.Sprintf("pull request #%d %s; plans are off", p.Number, p.Action)})
+		case p.Action == "opened" || p.Action == "synchronize" || p.Action == "reopened":
+			head := p.PullRequest.Head
+			fork := head.Repo.FullName != p.PullRequest.Base.Repo.FullName
+			log.Info("webhook: pull request to plan", "action", p.Action, "number", p.Number, "head", head.SHA, "fork", fork)
+			s.webhook("pull-request")
+			s.opts.PullRequest(p.Number, head.SHA, fork)
+			writeJSON(w, http.StatusAccepted, hookReply{Status: "accepted", Detail: fmt.Sprintf("pull request #%d will be planned", p.Number)})
+		default:
+			s.webhook("ignored")
+			writeJSON(w, http.StatusAccepted, hookReply{Status: "ignored", Detail: "pull request action " + p.Action + " needs no plan"})
+		}
 	default:
 		s.webhook("ignored")
 		writeJSON(w, http.StatusAccepted, hookReply{Status: "ignored", Detail: "event " + event + " is not used"})

@@ -43,6 +43,7 @@ type serveFlags struct {
 	busyRecheck      time.Duration
 	ignoreBusy       bool
 	mqtt             mqttFlags
+	github           githubFlags
 	autoHeal         reconciler.AutoHeal
 	maxBackoff       time.Duration
 }
@@ -66,6 +67,7 @@ func (f *serveFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.busyRecheck, "busy-recheck", 30*time.Second, "how soon a change deferred for a busy agent is tried again")
 	fs.BoolVar(&f.ignoreBusy, "ignore-busy", false, "recreate or remove agents even while they run a job")
 	f.mqtt.register(fs)
+	f.github.register(fs)
 	fs.IntVar(&f.autoHeal.After, "auto-heal-after", 0, "restart an agent that failed this many healthchecks in a row; 0 disables auto-heal")
 	fs.IntVar(&f.autoHeal.Max, "auto-heal-max", 3, "auto-heal restarts of one agent allowed within --auto-heal-window")
 	fs.DurationVar(&f.autoHeal.Window, "auto-heal-window", time.Hour, "window of --auto-heal-max")
@@ -169,6 +171,13 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		name = strings.TrimSuffix(filepath.Base(strings.TrimRight(strings.ReplaceAll(f.git.repo, ":", "/"), "/")), ".git")
 	}
 
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	pipeline, err := f.github.start(ctx, f.git.repo, name, src, rt, log)
+	if err != nil {
+		return err
+	}
+	reporter := &applyReporter{p: pipeline}
 	var srv *server.Server
 	mq, err := f.mqtt.start(log)
 	if err != nil {
@@ -182,7 +191,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Apply:       reconciler.ApplyOptions{Parallelism: f.parallelism, StopTimeout: f.stopTimeout, IgnoreBusy: f.ignoreBusy},
 		BusyRecheck: f.busyRecheck,
 		Logger:      log,
-		OnRun:       func(r reconciler.Run) { srv.ObserveRun(r) },
+		OnRun:       func(r reconciler.Run) { srv.ObserveRun(r); reporter.observe(r) },
 		Events: func(ctx context.Context, labName string) <-chan runtime.Event {
 			errs := make(chan error, 1)
 			go func() {
@@ -206,6 +215,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		WebhookSecret: []byte(secret), WebhookToken: []byte(token), Insecure: f.insecureWebhooks,
 		Ready: rt.Ping, Logger: log,
 	})
+	if pipeline != nil {
+		srv.SetPullRequestHandler(pipeline.PullRequest)
+	}
 
 	schedules := cron.New()
 	if f.driftSchedule != "" {
@@ -226,8 +238,6 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	httpSrv := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
 	fmt.Fprintf(stdout, "labsync serving %s (branch %s) on http://%s\n", src.URL(), f.git.branch, ln.Addr())
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	errc := make(chan error, 2)
 	go func() {
 		if err := httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -404,3 +404,85 @@ func TestServePollsForNewCommits(t *testing.T) {
 	g.waitRunning(t, 60*time.Second, "alpha", "beta")
 	d.settle()
 }
+
+// prHook posts the real pull_request payload for number at head.
+func prHook(t *testing.T, url, secret string, number int, head, delivery string) {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(testenv.RepoRoot(), "..", "shared", "fixtures", "github-webhooks", "pull_request_opened.payload.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var payload map[string]any
+	if err := json.Unmarshal(raw, &payload); err != nil {
+		t.Fatal(err)
+	}
+	payload["number"] = number
+	pr := payload["pull_request"].(map[string]any)
+	pr["head"].(map[string]any)["sha"] = head
+	body, _ := json.Marshal(payload)
+	req, _ := http.NewRequest(http.MethodPost, url+"/hooks/github", bytes.NewReader(body))
+	req.Header.Set("X-GitHub-Event", "pull_request")
+	req.Header.Set("X-GitHub-Delivery", delivery)
+	req.Header.Set("X-Hub-Signature-256", server.Sign([]byte(secret), body))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("pull_request webhook: %s", resp.Status)
+	}
+}
+
+// A pull request gets its plan; once merged and applied, its result.
+func TestServeCommentsOnPullRequests(t *testing.T) {
+	gh := testenv.NewFakeGitHub(t)
+	dir := t.TempDir()
+	testenv.WriteFiles(t, dir, map[string]string{"gh-token": "ghp_t0ken\n"})
+	g := newGitLab(t, "--github-token-file", filepath.Join(dir, "gh-token"), "--github-api-url", gh.APIURL(), "--github-repo", "o/r")
+	d := startDaemon(t, g.args...)
+	g.waitRunning(t, 60*time.Second, "alpha")
+	d.settle()
+
+	// The pull request adds beta.
+	testenv.Git(t, g.repo.Dir, "checkout", "-q", "-b", "add-beta")
+	head := g.repo.Commit("add beta", map[string]string{"sut/beta.conf": agentConfFor("beta")})
+	testenv.Git(t, g.repo.Dir, "push", "-q", "origin", "HEAD:refs/pull/5/head")
+	prHook(t, d.url, g.secret, 5, head, "pr-5-opened")
+	statusOf := func(context, sha string) *testenv.Status {
+		_, st := gh.Snapshot()
+		for i := len(st) - 1; i >= 0; i-- {
+			if st[i].Context == context && st[i].SHA == sha {
+				return &st[i]
+			}
+		}
+		return nil
+	}
+	testenv.Eventually(t, 30*time.Second, "no plan on the pull request", func() bool {
+		cs, _ := gh.Snapshot()
+		return len(cs[5]) == 1 && statusOf("labsync/"+g.name+"/plan", head) != nil
+	})
+	cs, _ := gh.Snapshot()
+	if st := statusOf("labsync/"+g.name+"/plan", head); !strings.Contains(cs[5][0].Body, "create | agent `beta`") || st.State != "success" {
+		t.Fatalf("plan comment %q, status %+v", cs[5][0].Body, st)
+	}
+	if _, ok := g.containers(t)["beta"]; ok {
+		t.Fatal("a pull request's content was applied")
+	}
+
+	// Merged: main moves to the pull request's head, the push webhook
+	// applies it, and the pull request gets the result.
+	gh.Mu.Lock()
+	gh.Pulls[head] = []int{5}
+	gh.Mu.Unlock()
+	testenv.Git(t, g.repo.Dir, "push", "-q", "origin", "HEAD:main")
+	pushHook(t, d.url, g.secret, "refs/heads/main", "merge-5")
+	g.waitRunning(t, 60*time.Second, "alpha", "beta")
+	testenv.Eventually(t, 30*time.Second, "no apply result on the pull request", func() bool {
+		cs, _ := gh.Snapshot()
+		return len(cs[5]) == 1 && strings.Contains(cs[5][0].Body, "applied `"+head[:12]+"`") && statusOf("labsync/"+g.name+"/apply", head) != nil
+	})
+	if st := statusOf("labsync/"+g.name+"/apply", head); st.State != "success" {
+		t.Errorf("apply status = %+v", st)
+	}
+}

@@ -1,0 +1,78 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/labsync/labsync/forge"
+	"github.com/labsync/labsync/gitsource"
+	"github.com/labsync/labsync/reconciler"
+)
+
+// githubFlags configure pull-request feedback on GitHub.
+type githubFlags struct {
+	tokenFile, repo, apiURL, webURL, login string
+	prPoll                                 time.Duration
+}
+
+func (g *githubFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&g.tokenFile, "github-token-file", "", "file with a GitHub token (or LABSYNC_GITHUB_TOKEN); without one, pull-request feedback is off")
+	fs.StringVar(&g.repo, "github-repo", "", "owner/repo on GitHub (default: taken from --repo when it is on github.com)")
+	fs.StringVar(&g.apiURL, "github-api-url", "", "REST API root for GitHub Enterprise, e.g. https://ghe.example.com/api/v3/")
+	fs.StringVar(&g.webURL, "github-web-url", "https://github.com", "web root for links to files in comments")
+	fs.StringVar(&g.login, "github-login", "", "the bot's login, to find its comments (default: the token's user)")
+	fs.DurationVar(&g.prPoll, "pr-poll-interval", 0, "also plan open pull requests whose head moved, this often (for labs GitHub cannot reach); 0: webhooks only")
+}
+
+// start makes the pull-request pipeline, or returns nil when no token is
+// given.
+func (g *githubFlags) start(ctx context.Context, repoURL, labName string, src *gitsource.Source, docker forge.Observer, log *slog.Logger) (*forge.Pipeline, error) {
+	token, err := readSecret(g.tokenFile, "LABSYNC_GITHUB_TOKEN")
+	if err != nil || token == "" {
+		return nil, err
+	}
+	spec := g.repo
+	if spec == "" {
+		spec = repoURL
+	}
+	owner, repo, err := forge.ParseRepo(spec)
+	if err != nil {
+		return nil, usageError{"--github-repo: " + err.Error()}
+	}
+	client, err := forge.New(forge.Options{Token: token, BaseURL: g.apiURL, Owner: owner, Repo: repo, Login: g.login, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	p := forge.NewPipeline(forge.PipelineOptions{GitHub: client, Source: src, Docker: docker, Lab: labName,
+		BlobURL: forge.BlobURL(strings.TrimRight(g.webURL, "/"), owner, repo), Logger: log, Interval: g.prPoll})
+	go p.Run(ctx)
+	log.Info("pull-request feedback on GitHub", "repo", owner+"/"+repo)
+	return p, nil
+}
+
+// applyReporter sends each newly applied revision to the pipeline, once.
+type applyReporter struct {
+	p    *forge.Pipeline
+	mu   sync.Mutex
+	last string
+}
+
+func (a *applyReporter) observe(run reconciler.Run) {
+	if a == nil || a.p == nil || run.Applied == "" || run.Applied != run.Revision {
+		return
+	}
+	if run.Result != reconciler.ResultOK && run.Result != reconciler.ResultFailed {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if run.Applied == a.last && len(run.Results) == 0 {
+		return
+	}
+	a.last = run.Applied
+	a.p.Applied(run)
+}
