@@ -274,3 +274,28 @@ func (r *retrying) shouldRetry(resp *http.Response, err error, attempt int) (tim
 	}
 	return 0, false
 }
+
+// DriftLabel marks the issue that collects drift no pull request explains.
+const DriftLabel = "labsync-drift"
+
+// DriftIssue returns the open issue labelled labsync-drift, opening one
+// when there is none.
+func (c *Client) DriftIssue(ctx context.Context, labName string) (int, error) {
+	issues, _, err := c.gh.Issues.ListByRepo(ctx, c.owner, c.repo, &github.IssueListByRepoOptions{State: "open", Labels: []string{DriftLabel}})
+	if err != nil {
+		return 0, fmt.Errorf("github: drift issue: %w", err)
+	}
+	for _, is := range issues {
+		if !is.IsPullRequest() {
+			return is.GetNumber(), nil
+		}
+	}
+	title := "labsync: the lab host drifted from git (" + labName + ")"
+	body := "labsync reports here drift that no pull request explains: what runs on the lab host differs from the repository and labsync could not correct it. Each drift is one comment, edited when it is resolved."
+	labels := []string{DriftLabel}
+	is, _, err := c.gh.Issues.Create(ctx, c.owner, c.repo, &github.IssueRequest{Title: &title, Body: &body, Labels: &labels})
+	if err != nil {
+		return 0, fmt.Errorf("github: open drift issue: %w", err)
+	}
+	return is.GetNumber(), nil
+}

@@ -35,6 +35,8 @@ type PipelineOptions struct {
 	BlobURL  string // e.g. https://github.com/owner/repo/blob/
 	Logger   *slog.Logger
 	Interval time.Duration // polling of open pull requests; 0: off
+	// Drift, when set, reports drift that persists over two checks.
+	Drift *DriftReporter
 }
 
 // Pipeline plans pull requests and reports applies on GitHub, on its own
@@ -47,7 +49,13 @@ type Pipeline struct {
 	mu       sync.Mutex
 	pending  map[int]pullJob // latest request per pull request
 	applies  []reconciler.Run
+	drift    *driftJob // latest check
 	lastHead map[int]string // heads planned, for polling
+}
+
+type driftJob struct {
+	revision string
+	drifts   []Drift
 }
 
 type pullJob struct {
@@ -90,6 +98,18 @@ func (p *Pipeline) Applied(run reconciler.Run) {
 	p.kick()
 }
 
+// CheckDrift queues a drift check of what a pass left uncorrected; only the
+// latest check waits. It never blocks.
+func (p *Pipeline) CheckDrift(revision string, drifts []Drift) {
+	if p.opts.Drift == nil {
+		return
+	}
+	p.mu.Lock()
+	p.drift = &driftJob{revision: revision, drifts: drifts}
+	p.mu.Unlock()
+	p.kick()
+}
+
 // Run works through requests until ctx ends.
 func (p *Pipeline) Run(ctx context.Context) {
 	var poll <-chan time.Time
@@ -107,9 +127,14 @@ func (p *Pipeline) Run(ctx context.Context) {
 			p.pollOpen(ctx)
 		}
 		p.mu.Lock()
-		jobs, applies := p.pending, p.applies
-		p.pending, p.applies = map[int]pullJob{}, nil
+		jobs, applies, drift := p.pending, p.applies, p.drift
+		p.pending, p.applies, p.drift = map[int]pullJob{}, nil, nil
 		p.mu.Unlock()
+		if drift != nil {
+			if err := p.opts.Drift.Check(ctx, drift.revision, drift.drifts); err != nil {
+				p.log.Warn("drift not reported", "err", err)
+			}
+		}
 		for n, j := range jobs {
 			if err := p.planPull(ctx, n, j); err != nil {
 				p.log.Warn("pull request not planned", "pr", n, "err", err)

@@ -330,3 +330,24 @@ func (s *Source) Describe(hash string) (Commit, error) {
 	subject, _, _ := strings.Cut(c.Message, "\n")
 	return Commit{Hash: hash, Subject: subject, Author: c.Author.Name}, nil
 }
+
+// LastCommitTouching returns the newest commit reachable from from that
+// changed any of paths, or "" when none did.
+func (s *Source) LastCommitTouching(from string, paths []string) (string, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	want := map[string]bool{}
+	for _, p := range paths {
+		want[p] = true
+	}
+	iter, err := s.repo.Log(&git.LogOptions{From: plumbing.NewHash(from), PathFilter: func(p string) bool { return want[p] }})
+	if err != nil {
+		return "", fmt.Errorf("history of %v: %w", paths, err)
+	}
+	defer iter.Close()
+	c, err := iter.Next()
+	if err != nil {
+		return "", nil // no commit touched them
+	}
+	return c.Hash.String(), nil
+}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"flag"
+	"path/filepath"
 	"log/slog"
 	"strings"
 	"sync"
@@ -30,7 +31,7 @@ func (g *githubFlags) register(fs *flag.FlagSet) {
 
 // start makes the pull-request pipeline, or returns nil when no token is
 // given.
-func (g *githubFlags) start(ctx context.Context, repoURL, labName string, src *gitsource.Source, docker forge.Observer, log *slog.Logger) (*forge.Pipeline, error) {
+func (g *githubFlags) start(ctx context.Context, repoURL, labName, dataDir string, src *gitsource.Source, docker forge.Observer, log *slog.Logger) (*forge.Pipeline, error) {
 	token, err := readSecret(g.tokenFile, "LABSYNC_GITHUB_TOKEN")
 	if err != nil || token == "" {
 		return nil, err
@@ -47,8 +48,10 @@ func (g *githubFlags) start(ctx context.Context, repoURL, labName string, src *g
 	if err != nil {
 		return nil, err
 	}
+	drift := forge.NewDriftReporter(forge.DriftOptions{GitHub: client, History: src, Lab: labName,
+		StateFile: filepath.Join(dataDir, "drift-reports.json"), Logger: log})
 	p := forge.NewPipeline(forge.PipelineOptions{GitHub: client, Source: src, Docker: docker, Lab: labName,
-		BlobURL: forge.BlobURL(strings.TrimRight(g.webURL, "/"), owner, repo), Logger: log, Interval: g.prPoll})
+		BlobURL: forge.BlobURL(strings.TrimRight(g.webURL, "/"), owner, repo), Logger: log, Interval: g.prPoll, Drift: drift})
 	go p.Run(ctx)
 	log.Info("pull-request feedback on GitHub", "repo", owner+"/"+repo)
 	return p, nil
@@ -61,8 +64,14 @@ type applyReporter struct {
 	last string
 }
 
-func (a *applyReporter) observe(run reconciler.Run) {
-	if a == nil || a.p == nil || run.Applied == "" || run.Applied != run.Revision {
+func (a *applyReporter) observe(run reconciler.Run, st reconciler.LabStatus) {
+	if a == nil || a.p == nil || run.Applied == "" {
+		return
+	}
+	if run.Result != reconciler.ResultError {
+		a.p.CheckDrift(run.Applied, forge.DriftsOf(st.Plan))
+	}
+	if run.Applied != run.Revision {
 		return
 	}
 	if run.Result != reconciler.ResultOK && run.Result != reconciler.ResultFailed {

@@ -173,7 +173,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	pipeline, err := f.github.start(ctx, f.git.repo, name, src, rt, log)
+	pipeline, err := f.github.start(ctx, f.git.repo, name, f.dataDir, src, rt, log)
 	if err != nil {
 		return err
 	}
@@ -184,14 +184,15 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer mq.close()
-	ctrl := reconciler.NewController(reconciler.ControllerOptions{
+	var ctrl *reconciler.Controller
+	ctrl = reconciler.NewController(reconciler.ControllerOptions{
 		Source: src, Docker: rt, DefaultName: name,
 		PollInterval: f.pollInterval, MinBackoff: f.minBackoff, MaxBackoff: f.maxBackoff,
 		ForcePrune:  f.forcePrune,
 		Apply:       reconciler.ApplyOptions{Parallelism: f.parallelism, StopTimeout: f.stopTimeout, IgnoreBusy: f.ignoreBusy},
 		BusyRecheck: f.busyRecheck,
 		Logger:      log,
-		OnRun:       func(r reconciler.Run) { srv.ObserveRun(r); reporter.observe(r) },
+		OnRun:       func(r reconciler.Run) { srv.ObserveRun(r); reporter.observe(r, ctrl.Status()) },
 		Events: func(ctx context.Context, labName string) <-chan runtime.Event {
 			errs := make(chan error, 1)
 			go func() {

@@ -22,6 +22,7 @@ type FakeGitHub struct {
 	nextID   int64
 	Statuses []Status
 	Pulls    map[string][]int // commit → pull requests
+	Issues   []Issue
 	Fail     map[string]int
 	RateHit  map[string]int
 	Calls    int
@@ -35,6 +36,15 @@ type Comment struct {
 		Login string `json:"login"`
 	} `json:"user"`
 	HTMLURL string `json:"html_url"`
+}
+
+// Issue is an issue opened through the API.
+type Issue struct {
+	Number int      `json:"number"`
+	Title  string   `json:"title"`
+	Body   string   `json:"body"`
+	Labels []string `json:"-"`
+	State  string   `json:"state"`
 }
 
 // Status is a commit status.
@@ -81,6 +91,29 @@ func (f *FakeGitHub) serve(w http.ResponseWriter, r *http.Request) {
 	parts := strings.Split(strings.Trim(path, "/"), "/")
 	w.Header().Set("Content-Type", "application/json")
 	switch {
+	case len(parts) == 4 && parts[3] == "issues":
+		if r.Method == http.MethodPost {
+			var in struct {
+				Title, Body string
+				Labels      []string
+			}
+			json.NewDecoder(r.Body).Decode(&in)
+			is := Issue{Number: 100 + len(f.Issues), Title: in.Title, Body: in.Body, Labels: in.Labels, State: "open"}
+			f.Issues = append(f.Issues, is)
+			w.WriteHeader(http.StatusCreated)
+			json.NewEncoder(w).Encode(issueJSON(is))
+			return
+		}
+		want := r.URL.Query().Get("labels")
+		out := []map[string]any{}
+		for _, is := range f.Issues {
+			for _, l := range is.Labels {
+				if l == want && is.State == "open" {
+					out = append(out, issueJSON(is))
+				}
+			}
+		}
+		json.NewEncoder(w).Encode(out)
 	case r.Method == http.MethodGet && path == "/user":
 		fmt.Fprint(w, `{"login":"labsync-bot","id":1,"type":"Bot"}`)
 	case len(parts) == 6 && parts[3] == "issues" && parts[5] == "comments":
@@ -140,4 +173,12 @@ func (f *FakeGitHub) Snapshot() (map[int][]Comment, []Status) {
 		cs[k] = append([]Comment(nil), v...)
 	}
 	return cs, append([]Status(nil), f.Statuses...)
+}
+
+func issueJSON(is Issue) map[string]any {
+	labels := []map[string]string{}
+	for _, l := range is.Labels {
+		labels = append(labels, map[string]string{"name": l})
+	}
+	return map[string]any{"number": is.Number, "title": is.Title, "body": is.Body, "state": is.State, "labels": labels}
 }
