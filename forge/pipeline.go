@@ -49,7 +49,7 @@ type Pipeline struct {
 	mu       sync.Mutex
 	pending  map[int]pullJob // latest request per pull request
 	applies  []reconciler.Run
-	drift    *driftJob // latest check
+	drift    *driftJob      // latest check
 	lastHead map[int]string // heads planned, for polling
 }
 

@@ -3,8 +3,8 @@ package main
 import (
 	"context"
 	"flag"
-	"path/filepath"
 	"log/slog"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
