@@ -34,7 +34,9 @@ type pullLab struct {
 	rt   *runtime.Client
 }
 
-func newPullLab(t *testing.T) *pullLab {
+func newPullLab(t *testing.T) *pullLab { return newPullLabPolling(t, 0) }
+
+func newPullLabPolling(t *testing.T, interval time.Duration) *pullLab {
 	t.Helper()
 	rt := testenv.Docker(t)
 	gs := testenv.NewGitServer(t, "u", "p")
@@ -51,7 +53,7 @@ func newPullLab(t *testing.T) *pullLab {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pl.p = forge.NewPipeline(forge.PipelineOptions{GitHub: client, Source: src, Docker: rt, Lab: pl.name, BlobURL: forge.BlobURL("https://github.com", "o", "r")})
+	pl.p = forge.NewPipeline(forge.PipelineOptions{GitHub: client, Source: src, Docker: rt, Lab: pl.name, BlobURL: forge.BlobURL("https://github.com", "o", "r"), Interval: interval})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { pl.p.Run(ctx); close(done) }()
@@ -88,6 +90,20 @@ func TestPullRequestPlanIsOneStickyComment(t *testing.T) {
 		cs, st := pl.gh.Snapshot()
 		return len(st) == 2 && strings.Contains(cs[7][0].Body, head2[:12])
 	})
+	pl.gh.Mu.Lock()
+	callsBefore := pl.gh.Calls
+	pl.gh.Mu.Unlock()
+	head3 := pl.push(t, 7, "touch beta", map[string]string{"sut/beta.conf": conf("beta") + "polling_interval: 20\n"})
+	pl.p.PullRequest(7, head3, false)
+	testenv.Eventually(t, 30*time.Second, "third update missing", func() bool {
+		_, st := pl.gh.Snapshot()
+		return len(st) == 3
+	})
+	pl.gh.Mu.Lock()
+	if n := pl.gh.Calls - callsBefore; n != 3 {
+		t.Errorf("one pull-request update made %d GitHub calls, want 3 (list comments, edit, status)", n)
+	}
+	pl.gh.Mu.Unlock()
 	cs, st := pl.gh.Snapshot()
 	if len(cs[7]) != 1 {
 		t.Fatalf("%d comments on #7, want one edited in place", len(cs[7]))
@@ -223,4 +239,25 @@ func TestTruncate(t *testing.T) {
 	if len(got) > forge.MaxCommentSize || !strings.Contains(got, "over GitHub's 65536-character limit") {
 		t.Errorf("truncated to %d bytes", len(got))
 	}
+}
+
+// Without webhooks, polling finds pull requests whose head moved.
+func TestOpenPullRequestsArePolled(t *testing.T) {
+	pl := newPullLabPolling(t, 200*time.Millisecond)
+	head := pl.push(t, 13, "add beta", map[string]string{"sut/beta.conf": conf("beta")})
+	pl.gh.Mu.Lock()
+	pl.gh.Open = map[int]string{13: head}
+	pl.gh.Mu.Unlock()
+	testenv.Eventually(t, 30*time.Second, "open pull request not planned", func() bool {
+		cs, _ := pl.gh.Snapshot()
+		return len(cs[13]) == 1
+	})
+	head2 := pl.push(t, 13, "add gamma", map[string]string{"sut/gamma.conf": conf("gamma")})
+	pl.gh.Mu.Lock()
+	pl.gh.Open[13] = head2
+	pl.gh.Mu.Unlock()
+	testenv.Eventually(t, 30*time.Second, "new head not planned", func() bool {
+		cs, _ := pl.gh.Snapshot()
+		return len(cs[13]) == 1 && strings.Contains(cs[13][0].Body, head2[:12])
+	})
 }

@@ -23,9 +23,11 @@ type FakeGitHub struct {
 	Statuses []Status
 	Pulls    map[string][]int // commit → pull requests
 	Issues   []Issue
-	Fail     map[string]int
-	RateHit  map[string]int
-	Calls    int
+	// Open lists the open pull requests: number → head commit.
+	Open    map[int]string
+	Fail    map[string]int
+	RateHit map[string]int
+	Calls   int
 }
 
 // Comment is an issue comment.
@@ -112,6 +114,14 @@ func (f *FakeGitHub) serve(w http.ResponseWriter, r *http.Request) {
 					out = append(out, issueJSON(is))
 				}
 			}
+		}
+		json.NewEncoder(w).Encode(out)
+	case r.Method == http.MethodGet && len(parts) == 4 && parts[3] == "pulls":
+		out := []map[string]any{}
+		for n, head := range f.Open {
+			repo := map[string]any{"full_name": "o/r"}
+			out = append(out, map[string]any{"number": n, "state": "open",
+				"head": map[string]any{"sha": head, "repo": repo}, "base": map[string]any{"repo": repo}})
 		}
 		json.NewEncoder(w).Encode(out)
 	case r.Method == http.MethodGet && path == "/user":
