@@ -71,5 +71,24 @@ diff <(echo "$before") <(echo "$after") | awk '/^>/ {print "    " $2 " (new ID "
 step "Apply again: nothing to do"
 bin/labsync apply "$WORK" 2>>.demo/apply.log | tail -1
 
+step "The daemon: labsync serve follows the lab as a git repository"
+git -C "$WORK" init -q -b main && git -C "$WORK" add -A -f && git -C "$WORK" -c user.name=demo -c user.email=demo@lab.invalid commit -q -m "demo lab"
+DATA=$(mktemp -d)
+bin/labsync serve --repo "$PWD/$WORK" --data-dir "$DATA" --listen 127.0.0.1:18080 --mqtt-listen 127.0.0.1:18830 \
+  --log-level warn >.demo/serve.log 2>&1 &
+SERVE=$!
+trap 'kill $SERVE 2>/dev/null; wait $SERVE 2>/dev/null; rm -rf "$DATA"' EXIT
+for _ in $(seq 1 60); do curl -sf http://127.0.0.1:18080/readyz >/dev/null 2>&1 && break; sleep 0.5; done
+for _ in $(seq 1 60); do curl -s http://127.0.0.1:18080/api/v1/status 2>/dev/null | grep -q '"last_result":"ok"' && break; sleep 0.5; done
+echo "    GET /api/v1/status:"
+curl -s http://127.0.0.1:18080/api/v1/status | sed 's/^/      /'
+echo
+echo "    retained on the embedded MQTT broker (127.0.0.1:18830), labsync/labsync-demo/#:"
+go run ./testdata/mqttpeek tcp://127.0.0.1:18830 'labsync/labsync-demo/#' | sed 's/^/      /'
+kill $SERVE 2>/dev/null || true
+wait $SERVE 2>/dev/null || true
+trap - EXIT
+rm -rf "$DATA"
+
 echo
 echo "The demo lab keeps running. 'make demo-clean' removes all it created."

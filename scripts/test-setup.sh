@@ -6,6 +6,7 @@ set -euo pipefail
 
 need_apt=()
 command -v git >/dev/null || need_apt+=(git)
+command -v curl >/dev/null || need_apt+=(curl)
 command -v docker >/dev/null || need_apt+=(docker.io)
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
