@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/google/go-github/v60/github"
+
+	"github.com/labsync/labsync/internal/redact"
 )
 
 // MaxCommentSize is GitHub's limit on a comment body.
@@ -68,7 +70,7 @@ func New(o Options) (*Client, error) {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	rt := &retrying{next: http.DefaultTransport, retries: o.Retries, maxWait: o.MaxWait, log: o.Logger}
-	gh := github.NewClient(&http.Client{Transport: rt, Timeout: time.Minute})
+	gh := github.NewClient(&http.Client{Transport: rt})
 	if o.Token != "" {
 		gh = gh.WithAuthToken(o.Token)
 	}
@@ -87,6 +89,7 @@ func (c *Client) Calls() int64 { return c.rt.calls.Load() }
 
 // ParseRepo splits "owner/repo" or a GitHub URL of the repository.
 func ParseRepo(s string) (owner, repo string, err error) {
+	s = redact.String(s)
 	s = strings.TrimSuffix(strings.TrimSuffix(s, "/"), ".git")
 	if i := strings.Index(s, "github.com"); i >= 0 {
 		s = strings.TrimLeft(s[i+len("github.com"):], ":/")
@@ -104,7 +107,7 @@ func (c *Client) botLogin(ctx context.Context) (string, error) {
 	}
 	u, _, err := c.gh.Users.Get(ctx, "")
 	if err != nil {
-		return "", fmt.Errorf("github: who am I: %w", err)
+		return "", fmt.Errorf("github: who am I (with an app installation token, give --github-login <app-slug>[bot]): %w", err)
 	}
 	c.login = u.GetLogin()
 	return c.login, nil
@@ -126,7 +129,7 @@ func (c *Client) UpsertComment(ctx context.Context, number int, marker, body str
 			return false, fmt.Errorf("github: list comments of #%d: %w", number, err)
 		}
 		for _, cm := range comments {
-			if cm.GetUser().GetLogin() == login && strings.Contains(cm.GetBody(), marker) {
+			if strings.EqualFold(cm.GetUser().GetLogin(), login) && strings.Contains(cm.GetBody(), marker) {
 				if cm.GetBody() == body {
 					return false, nil
 				}
@@ -158,8 +161,8 @@ const (
 // SetStatus sets a commit status; description is cut to GitHub's 140
 // characters.
 func (c *Client) SetStatus(ctx context.Context, sha, context_, state, description string) error {
-	if len(description) > 140 {
-		description = description[:137] + "..."
+	if r := []rune(description); len(r) > 140 {
+		description = string(r[:137]) + "..."
 	}
 	_, _, err := c.gh.Repositories.CreateStatus(ctx, c.owner, c.repo, sha, &github.RepoStatus{State: &state, Context: &context_, Description: &description})
 	if err != nil {
@@ -185,7 +188,9 @@ func (c *Client) PullsForCommit(ctx context.Context, sha string) ([]int, error) 
 type OpenPull struct {
 	Number int
 	Head   string
-	Fork   bool
+	// Base is the branch it would merge into.
+	Base string
+	Fork bool
 }
 
 // OpenPulls lists the open pull requests (for labs GitHub cannot reach
@@ -199,7 +204,7 @@ func (c *Client) OpenPulls(ctx context.Context) ([]OpenPull, error) {
 			return nil, fmt.Errorf("github: open pull requests: %w", err)
 		}
 		for _, pr := range prs {
-			out = append(out, OpenPull{Number: pr.GetNumber(), Head: pr.GetHead().GetSHA(),
+			out = append(out, OpenPull{Number: pr.GetNumber(), Head: pr.GetHead().GetSHA(), Base: pr.GetBase().GetRef(),
 				Fork: pr.GetHead().GetRepo().GetFullName() != pr.GetBase().GetRepo().GetFullName()})
 		}
 		if resp == nil || resp.NextPage == 0 {
@@ -235,6 +240,11 @@ func (r *retrying) RoundTrip(req *http.Request) (*http.Response, error) {
 		r.calls.Add(1)
 		resp, err := r.next.RoundTrip(req)
 		wait, retry := r.shouldRetry(resp, err, attempt)
+		// A create that failed may still have been done: a POST is
+		// retried only when GitHub said it did not take it (rate limit).
+		if retry && req.Method == http.MethodPost && (resp == nil || resp.StatusCode >= 500) {
+			retry = false
+		}
 		if !retry || attempt >= r.retries {
 			return resp, err
 		}

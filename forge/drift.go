@@ -30,14 +30,21 @@ func (d Drift) Fingerprint() string {
 	return hex.EncodeToString(sum[:8])
 }
 
-// DriftsOf lists what a plan still wants to change after a pass.
-func DriftsOf(p *reconciler.Changeset) []Drift {
+// DriftsOf lists what a plan still wants to change after a pass. Changes
+// the pass deferred (an agent running a job) are waiting, not drift.
+func DriftsOf(p *reconciler.Changeset, results []reconciler.Result) []Drift {
 	if p == nil {
 		return nil
 	}
+	deferred := map[string]bool{}
+	for _, r := range results {
+		if r.Status == reconciler.StatusDeferred {
+			deferred[r.Action.ObjectKind+"/"+r.Action.Object] = true
+		}
+	}
 	var out []Drift
 	for _, a := range p.Actions {
-		if a.ObjectKind != "agent" && a.ObjectKind != "service" {
+		if a.ObjectKind != "agent" && a.ObjectKind != "service" || deferred[a.ObjectKind+"/"+a.Object] {
 			continue
 		}
 		d := Drift{Object: a.ObjectKind + "/" + a.Object, Reason: string(a.Kind) + ": " + strings.Join(a.Reasons, "; ")}
@@ -149,16 +156,24 @@ func (r *DriftReporter) Check(ctx context.Context, revision string, drifts []Dri
 		}
 		r.st.Reported[fp] = driftReport{Number: n, Object: d.Object, Reason: d.Reason}
 	}
+	var gone []string
 	for fp := range r.st.Seen {
-		if _, still := current[fp]; still {
-			continue
+		if _, still := current[fp]; !still {
+			gone = append(gone, fp)
 		}
+	}
+	for fp := range r.st.Reported {
+		if _, still := current[fp]; !still && !containsFP(gone, fp) {
+			gone = append(gone, fp)
+		}
+	}
+	sort.Strings(gone)
+	for _, fp := range gone {
 		delete(r.st.Seen, fp)
 		if rep, ok := r.st.Reported[fp]; ok {
-			body := fmt.Sprintf("%s\n### labsync · `%s` · drift resolved ✅\n\n~~%s: %s~~\n\nThe lab host matches the repository again.\n", driftMarker(r.opts.Lab, fp), r.opts.Lab, rep.Object, cell(rep.Reason))
+			body := fmt.Sprintf("%s\n### labsync · `%s` · drift resolved ✅\n\n~~%s: %s~~\n\nThe lab host matches the repository again.\n", driftMarker(r.opts.Lab, fp), r.opts.Lab, cell(rep.Object), cell(Redact(rep.Reason)))
 			if _, err := r.opts.GitHub.UpsertComment(ctx, rep.Number, driftMarker(r.opts.Lab, fp), body); err != nil {
-				keep(err)
-				r.st.Seen[fp] = 0 // try the edit again next time
+				keep(err) // still reported: the edit is tried again next check
 				continue
 			}
 			delete(r.st.Reported, fp)
@@ -173,7 +188,11 @@ func (r *DriftReporter) report(ctx context.Context, revision, fp string, d Drift
 	number := 0
 	if len(d.Sources) > 0 && r.opts.History != nil {
 		if sha, err := r.opts.History.LastCommitTouching(revision, d.Sources); err == nil && sha != "" {
-			if prs, err := gh.PullsForCommit(ctx, sha); err == nil && len(prs) > 0 {
+			prs, err := gh.PullsForCommit(ctx, sha)
+			if err != nil {
+				return 0, err // GitHub's trouble: try again next check, not the issue
+			}
+			if len(prs) > 0 {
 				number = prs[0]
 			}
 		}
@@ -187,7 +206,7 @@ func (r *DriftReporter) report(ctx context.Context, revision, fp string, d Drift
 		number, where = n, "issue"
 	}
 	body := fmt.Sprintf("%s\n### labsync · `%s` · drift ⚠️\n\nThe lab host differs from revision `%s` and labsync could not correct it over two checks:\n\n**%s**: %s\n\nThis comment is edited when the drift is resolved.\n",
-		driftMarker(r.opts.Lab, fp), r.opts.Lab, short(revision), d.Object, cell(Redact(d.Reason)))
+		driftMarker(r.opts.Lab, fp), r.opts.Lab, short(revision), cell(d.Object), cell(Redact(d.Reason)))
 	if _, err := gh.UpsertComment(ctx, number, driftMarker(r.opts.Lab, fp), body); err != nil {
 		return 0, err
 	}
@@ -211,4 +230,13 @@ func (r *DriftReporter) save() error {
 		return err
 	}
 	return os.Rename(tmp, r.opts.StateFile)
+}
+
+func containsFP(list []string, fp string) bool {
+	for _, v := range list {
+		if v == fp {
+			return true
+		}
+	}
+	return false
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/labsync/labsync/forge"
 	"github.com/labsync/labsync/gitsource"
 	"github.com/labsync/labsync/internal/testenv"
+	"github.com/labsync/labsync/lab"
 	"github.com/labsync/labsync/reconciler"
 	"github.com/labsync/labsync/runtime"
 )
@@ -109,7 +110,7 @@ func TestPullRequestPlanIsOneStickyComment(t *testing.T) {
 		t.Fatalf("%d comments on #7, want one edited in place", len(cs[7]))
 	}
 	body := cs[7][0].Body
-	for _, want := range []string{forge.Marker(pl.name), "create | agent `beta`", "create | agent `gamma`", "<details>"} {
+	for _, want := range []string{forge.Marker(pl.name), "create | agent <code>beta</code>", "create | agent <code>gamma</code>", "<details>"} {
 		if !strings.Contains(body, want) {
 			t.Errorf("comment lacks %q:\n%s", want, body)
 		}
@@ -132,7 +133,7 @@ func TestInvalidPullRequestFailsWithFileAndLine(t *testing.T) {
 		t.Errorf("status = %+v", st[0])
 	}
 	body := cs[8][0].Body
-	link := fmt.Sprintf("[`sut/beta.conf:3`](https://github.com/o/r/blob/%s/sut/beta.conf#L3)", head)
+	link := fmt.Sprintf(`<a href="https://github.com/o/r/blob/%s/sut/beta.conf#L3"><code>sut/beta.conf:3</code></a>`, head)
 	for _, want := range []string{"invalid", link, "unknown key 'job_queue' (did you mean 'job_queues'?)", "from a fork: planned only"} {
 		if !strings.Contains(body, want) {
 			t.Errorf("comment lacks %q:\n%s", want, body)
@@ -195,8 +196,10 @@ func TestGitHubErrorsAreRetriedThenGivenUp(t *testing.T) {
 		return pl.gh.Fail["GET /repos/o/r/issues/10/comments"] == 1000-4 // first try and 3 retries
 	})
 	pl.gh.Mu.Lock()
-	if pl.gh.Calls-callsBefore != 4 {
-		t.Errorf("%d calls while GitHub was down, want 4", pl.gh.Calls-callsBefore)
+	// Listing the comments: the first try and 3 retries; the status is
+	// still set.
+	if pl.gh.Calls-callsBefore != 5 {
+		t.Errorf("%d calls while GitHub was down, want 5", pl.gh.Calls-callsBefore)
 	}
 	pl.gh.Mu.Unlock()
 }
@@ -260,4 +263,13 @@ func TestOpenPullRequestsArePolled(t *testing.T) {
 		cs, _ := pl.gh.Snapshot()
 		return len(cs[13]) == 1 && strings.Contains(cs[13][0].Body, head2[:12])
 	})
+}
+
+// File names from a pull request cannot inject Markdown or links.
+func TestFileNamesAreEscaped(t *testing.T) {
+	body := forge.RenderPlan(forge.PlanView{Lab: "l", Head: "abc", BlobURL: "https://github.com/o/r/blob/",
+		Diagnostics: lab.Diagnostics{{File: "sut/a`](https://evil.example/) `b", Line: 2, Message: "x"}}})
+	if strings.Contains(body, "](https://evil.example/)") || strings.Contains(body, `href="https://evil.example`) {
+		t.Errorf("injected link:\n%s", body)
+	}
 }

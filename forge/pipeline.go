@@ -35,6 +35,14 @@ type PipelineOptions struct {
 	BlobURL  string // e.g. https://github.com/owner/repo/blob/
 	Logger   *slog.Logger
 	Interval time.Duration // polling of open pull requests; 0: off
+	// LabName, when set, gives the applied lab's name: markers and status
+	// contexts keep it even when a pull request renames the lab.
+	LabName func() string
+	// Branch is the tracked branch; pull requests into others are not
+	// planned.
+	Branch string
+	// JobTimeout bounds each GitHub or git job (default 2m).
+	JobTimeout time.Duration
 	// Drift, when set, reports drift that persists over two checks.
 	Drift *DriftReporter
 }
@@ -67,6 +75,9 @@ type pullJob struct {
 func NewPipeline(o PipelineOptions) *Pipeline {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.JobTimeout == 0 {
+		o.JobTimeout = 2 * time.Minute
 	}
 	return &Pipeline{opts: o, log: o.Logger, wake: make(chan struct{}, 1), pending: map[int]pullJob{}, lastHead: map[int]string{}}
 }
@@ -130,18 +141,23 @@ func (p *Pipeline) Run(ctx context.Context) {
 		jobs, applies, drift := p.pending, p.applies, p.drift
 		p.pending, p.applies, p.drift = map[int]pullJob{}, nil, nil
 		p.mu.Unlock()
+		job := func(f func(context.Context) error) error {
+			jctx, cancel := context.WithTimeout(ctx, p.opts.JobTimeout)
+			defer cancel()
+			return f(jctx)
+		}
 		if drift != nil {
-			if err := p.opts.Drift.Check(ctx, drift.revision, drift.drifts); err != nil {
+			if err := job(func(c context.Context) error { return p.opts.Drift.Check(c, drift.revision, drift.drifts) }); err != nil {
 				p.log.Warn("drift not reported", "err", err)
 			}
 		}
 		for n, j := range jobs {
-			if err := p.planPull(ctx, n, j); err != nil {
+			if err := job(func(c context.Context) error { return p.planPull(c, n, j) }); err != nil {
 				p.log.Warn("pull request not planned", "pr", n, "err", err)
 			}
 		}
 		for _, run := range applies {
-			if err := p.reportApply(ctx, run); err != nil {
+			if err := job(func(c context.Context) error { return p.reportApply(c, run) }); err != nil {
 				p.log.Warn("apply result not reported", "revision", short(run.Applied), "err", err)
 			}
 		}
@@ -157,6 +173,9 @@ func (p *Pipeline) pollOpen(ctx context.Context) {
 	}
 	p.mu.Lock()
 	for _, pr := range pulls {
+		if p.opts.Branch != "" && pr.Base != p.opts.Branch {
+			continue
+		}
 		if p.lastHead[pr.Number] != pr.Head {
 			p.pending[pr.Number] = pullJob{head: pr.Head, fork: pr.Fork}
 		}
@@ -181,15 +200,19 @@ func (p *Pipeline) planPull(ctx context.Context, number int, j pullJob) error {
 		return err
 	}
 	gh := p.opts.GitHub
-	if _, err := gh.UpsertComment(ctx, number, Marker(res.Lab), res.Body); err != nil {
+	commentErr := func() error {
+		_, err := gh.UpsertComment(ctx, number, Marker(res.Lab), res.Body)
 		return err
-	}
+	}()
 	state, desc := StateSuccess, "valid"
 	if res.Invalid {
 		state, desc = StateFailure, "invalid: see the labsync comment for each file:line"
 	}
 	if err := gh.SetStatus(ctx, res.Head, "labsync/"+res.Lab+"/plan", state, desc); err != nil {
-		return err
+		return errors.Join(commentErr, err)
+	}
+	if commentErr != nil {
+		return commentErr
 	}
 	p.mu.Lock()
 	p.lastHead[number] = res.Head
@@ -211,25 +234,32 @@ func (p *Pipeline) Plan(ctx context.Context, number int, j pullJob) (PlanResult,
 	if err != nil {
 		return PlanResult{}, err
 	}
+	// The comment and status belong to the lab as it is applied, whatever
+	// name the pull request gives it.
+	name := p.opts.Lab
+	if p.opts.LabName != nil && p.opts.LabName() != "" {
+		name = p.opts.LabName()
+	}
 	l, err := lab.Load(tree, lab.LoadOptions{DefaultName: p.opts.Lab})
-	view := PlanView{Lab: p.opts.Lab, Head: head, BlobURL: p.opts.BlobURL, Diagnostics: l.Diagnostics, Fork: j.fork}
+	view := PlanView{Lab: name, Head: head, BlobURL: p.opts.BlobURL, Diagnostics: l.Diagnostics, Fork: j.fork}
 	var verr *lab.ValidationError
 	switch {
 	case errors.As(err, &verr):
-		if l.Name != "" {
-			view.Lab = l.Name
-		}
-		return PlanResult{Lab: view.Lab, Head: head, Body: RenderPlan(view), Invalid: true}, nil
+		return PlanResult{Lab: name, Head: head, Body: RenderPlan(view), Invalid: true}, nil
 	case err != nil:
 		return PlanResult{}, err
 	}
 	d := lab.Compile(l, lab.CompileOptions{Revision: head})
+	if d.Lab != name {
+		view.Diagnostics = append(view.Diagnostics, lab.Diagnostic{File: "lab.yaml", Severity: lab.SeverityWarning,
+			Message: fmt.Sprintf("this pull request renames the lab from %s to %s: after the merge labsync manages the containers of %s as a new lab and prunes those of %s", name, d.Lab, d.Lab, name)})
+	}
 	obs, err := p.opts.Docker.Observe(ctx, d.Lab)
 	if err != nil {
 		return PlanResult{}, err
 	}
-	view.Lab, view.Plan = d.Lab, reconciler.Plan(d, obs, reconciler.PlanOptions{})
-	return PlanResult{Lab: d.Lab, Head: head, Body: RenderPlan(view)}, nil
+	view.Plan = reconciler.Plan(d, obs, reconciler.PlanOptions{})
+	return PlanResult{Lab: name, Head: head, Body: RenderPlan(view)}, nil
 }
 
 // reportApply updates the sticky comment of each pull request that brought
@@ -237,14 +267,18 @@ func (p *Pipeline) Plan(ctx context.Context, number int, j pullJob) (PlanResult,
 func (p *Pipeline) reportApply(ctx context.Context, run reconciler.Run) error {
 	gh := p.opts.GitHub
 	labName := p.opts.Lab
-	if run.Plan != nil && run.Plan.Lab != "" {
-		labName = run.Plan.Lab
+	if p.opts.LabName != nil && p.opts.LabName() != "" {
+		labName = p.opts.LabName()
 	}
-	pulls, err := gh.PullsForCommit(ctx, run.Applied)
+	target := run.Applied
+	if run.Result == reconciler.ResultInvalid {
+		target = run.Revision // the merged revision, which was not applied
+	}
+	pulls, err := gh.PullsForCommit(ctx, target)
 	if err != nil {
 		return err
 	}
-	body := RenderApply(ApplyView{Lab: labName, Revision: run.Applied, Results: run.Results, Plan: run.Plan})
+	body := RenderApply(ApplyView{Lab: labName, Revision: target, Results: run.Results, Plan: run.Plan, Invalid: run.Result == reconciler.ResultInvalid, Diagnostics: run.Diagnostics})
 	var errs []error
 	for _, n := range pulls {
 		if _, err := gh.UpsertComment(ctx, n, Marker(labName), body); err != nil {
@@ -252,10 +286,13 @@ func (p *Pipeline) reportApply(ctx context.Context, run reconciler.Run) error {
 		}
 	}
 	state, desc := StateSuccess, fmt.Sprintf("applied: %d action(s)", len(run.Results))
-	if run.Result == reconciler.ResultFailed {
+	switch run.Result {
+	case reconciler.ResultFailed:
 		state, desc = StateFailure, run.Error
+	case reconciler.ResultInvalid:
+		state, desc = StateFailure, "invalid: not applied; the lab host stays at the last good revision"
 	}
-	if err := gh.SetStatus(ctx, run.Applied, "labsync/"+labName+"/apply", state, desc); err != nil {
+	if err := gh.SetStatus(ctx, target, "labsync/"+labName+"/apply", state, desc); err != nil {
 		errs = append(errs, err)
 	}
 	if len(errs) == 0 {

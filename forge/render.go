@@ -3,9 +3,11 @@ package forge
 import (
 	"bytes"
 	"fmt"
-	"regexp"
+	"html"
+	"net/url"
 	"strings"
 
+	"github.com/labsync/labsync/internal/redact"
 	"github.com/labsync/labsync/lab"
 	"github.com/labsync/labsync/reconciler"
 )
@@ -58,7 +60,7 @@ func RenderPlan(v PlanView) string {
 	if v.Plan != nil && !v.Plan.Empty() {
 		b.WriteString("| Action | Object | Why |\n|---|---|---|\n")
 		for _, a := range v.Plan.Actions {
-			fmt.Fprintf(&b, "| %s | %s `%s` | %s |\n", a.Kind, a.ObjectKind, a.Object, cell(strings.Join(a.Reasons, "; ")))
+			fmt.Fprintf(&b, "| %s | %s <code>%s</code> | %s |\n", a.Kind, a.ObjectKind, cell(a.Object), cell(strings.Join(a.Reasons, "; ")))
 		}
 		b.WriteString("\n")
 	}
@@ -68,7 +70,12 @@ func RenderPlan(v PlanView) string {
 		}
 		var table bytes.Buffer
 		_ = v.Plan.WriteTable(&table)
-		fmt.Fprintf(&b, "<details><summary>Full plan</summary>\n\n```\n%s```\n</details>\n\n", table.String())
+		text := table.String()
+		if len(text) > maxPlanText {
+			text = text[:maxPlanText] + "\n… (cut; labsync plan shows everything)\n"
+		}
+		// <pre> with escaped text: nothing in the plan can end the block.
+		fmt.Fprintf(&b, "<details><summary>Full plan</summary>\n\n<pre>\n%s</pre>\n</details>\n\n", html.EscapeString(text))
 	}
 	if v.Fork {
 		b.WriteString("<sub>Pull request from a fork: planned only. Nothing from it is built or run.</sub>\n")
@@ -77,34 +84,56 @@ func RenderPlan(v PlanView) string {
 	return b.String()
 }
 
+// maxPlanText bounds the full plan in a comment, well under GitHub's limit.
+const maxPlanText = 40000
+
 func (v PlanView) link(d lab.Diagnostic) string {
 	loc := d.File
 	if d.Line > 0 {
 		loc = fmt.Sprintf("%s:%d", d.File, d.Line)
 	}
+	// File names come from the pull request: shown as escaped code, and
+	// linked with every path segment escaped.
+	shown := "<code>" + cell(loc) + "</code>"
 	if v.BlobURL == "" || d.File == "" {
-		return "`" + loc + "`"
+		return shown
+	}
+	segs := strings.Split(d.File, "/")
+	for i, s := range segs {
+		segs[i] = url.PathEscape(s)
 	}
 	anchor := ""
 	if d.Line > 0 {
 		anchor = fmt.Sprintf("#L%d", d.Line)
 	}
-	return fmt.Sprintf("[`%s`](%s%s/%s%s)", loc, v.BlobURL, v.Head, d.File, anchor)
+	return fmt.Sprintf(`<a href="%s%s/%s%s">%s</a>`, html.EscapeString(v.BlobURL), url.PathEscape(v.Head), strings.Join(segs, "/"), anchor, shown)
 }
 
 // ApplyView is what an apply-result comment shows.
 type ApplyView struct {
 	Lab      string
 	Revision string
-	// PR is the pull request's number, for the heading.
-	Results []reconciler.Result
-	Plan    *reconciler.Changeset
+	Results  []reconciler.Result
+	Plan     *reconciler.Changeset
+	// Invalid says the revision did not validate and was not applied;
+	// Diagnostics say why.
+	Invalid     bool
+	Diagnostics lab.Diagnostics
 }
 
 // RenderApply renders the sticky comment after a merged revision was
 // applied.
 func RenderApply(v ApplyView) string {
 	var b strings.Builder
+	if v.Invalid {
+		fmt.Fprintf(&b, "%s\n### labsync · `%s` · `%s` not applied\n\n❌ This revision is invalid, so labsync did not apply it; the lab host stays at the last good revision. Fix it in a new pull request.\n\n", Marker(v.Lab), v.Lab, short(v.Revision))
+		for _, d := range v.Diagnostics {
+			if d.Severity == lab.SeverityError {
+				fmt.Fprintf(&b, "- <code>%s</code>\n", cell(d.String()))
+			}
+		}
+		return b.String()
+	}
 	fmt.Fprintf(&b, "%s\n### labsync · `%s` · applied `%s`\n\n", Marker(v.Lab), v.Lab, short(v.Revision))
 	failed := 0
 	for _, r := range v.Results {
@@ -131,7 +160,7 @@ func RenderApply(v ApplyView) string {
 			if detail == "" {
 				detail = strings.Join(r.Action.Reasons, "; ")
 			}
-			fmt.Fprintf(&b, "| %s `%s` | %s | %s %s | %s |\n", r.Action.ObjectKind, r.Action.Object, r.Action.Kind, icon, r.Status, cell(Redact(detail)))
+			fmt.Fprintf(&b, "| %s <code>%s</code> | %s | %s %s | %s |\n", r.Action.ObjectKind, cell(r.Action.Object), r.Action.Kind, icon, r.Status, cell(Redact(detail)))
 		}
 		b.WriteString("\n")
 	}
@@ -140,7 +169,9 @@ func RenderApply(v ApplyView) string {
 
 // cell makes text safe inside a Markdown table cell.
 func cell(s string) string {
-	s = strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;").Replace(s)
+	// HTML and the Markdown that makes links and code: text from a pull
+	// request (file names, keys) must render as text.
+	s = strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;", "`", "&#96;", "[", "&#91;", "]", "&#93;").Replace(s)
 	s = strings.ReplaceAll(s, "|", "\\|")
 	s = strings.ReplaceAll(s, "\r", "")
 	return strings.ReplaceAll(s, "\n", "<br>")
@@ -153,11 +184,8 @@ func short(s string) string {
 	return s
 }
 
-var secretish = regexp.MustCompile(`(?i)\b([A-Z0-9_.-]*(?:password|passwd|secret|token|api[_-]?key|private[_-]?key)[A-Z0-9_.-]*)(\s*[=:]\s*)("[^"]*"|'[^']*'|\S+)`)
-
-// Redact hides values that look like secrets (KEY=value where the key
-// names a password, secret, token or key) in text such as log tails.
-func Redact(s string) string { return secretish.ReplaceAllString(s, "$1$2***") }
+// Redact hides values that look like secrets in text such as log tails.
+func Redact(s string) string { return redact.String(s) }
 
 // Truncate cuts a comment to GitHub's limit, saying so.
 func Truncate(body string) string {

@@ -30,6 +30,8 @@ type BridgeOptions struct {
 	// 10s); SubmitFollow bounds how long it is followed (default 24h).
 	SubmitPoll, SubmitFollow time.Duration
 	Logger                   *slog.Logger
+	// Context ends the following of submitted jobs (the daemon's life).
+	Context context.Context
 }
 
 // Bridge connects the controller to MQTT: it publishes the status tree
@@ -59,6 +61,9 @@ func NewBridge(o BridgeOptions) *Bridge {
 	}
 	if o.SubmitFollow == 0 {
 		o.SubmitFollow = 24 * time.Hour
+	}
+	if o.Context == nil {
+		o.Context = context.Background()
 	}
 	b := &Bridge{opts: o, bus: o.Bus, log: o.Logger, sem: make(chan struct{}, 4), objects: map[string]objectState{}}
 	p := o.Bus.Prefix()
@@ -198,7 +203,7 @@ func (b *Bridge) onSubmit(topic string, payload []byte) {
 	}
 	defer func() { <-b.sem }()
 	client := testflinger.NewClient(info.Server)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(b.opts.Context, 30*time.Second)
 	id, err := client.SubmitJob(ctx, job)
 	cancel()
 	if err != nil {
@@ -214,7 +219,7 @@ func (b *Bridge) onSubmit(topic string, payload []byte) {
 
 // follow publishes the job's state changes until it ends.
 func (b *Bridge) follow(client *testflinger.Client, sut, id string) {
-	ctx, cancel := context.WithTimeout(context.Background(), b.opts.SubmitFollow)
+	ctx, cancel := context.WithTimeout(b.opts.Context, b.opts.SubmitFollow)
 	defer cancel()
 	tick := time.NewTicker(b.opts.SubmitPoll)
 	defer tick.Stop()

@@ -48,8 +48,11 @@ func (b *Broker) Addr() string { return b.addr }
 
 // URL is the broker's address for clients on this host.
 func (b *Broker) URL() string {
-	_, port, _ := net.SplitHostPort(b.addr)
-	return "tcp://127.0.0.1:" + port
+	host, port, _ := net.SplitHostPort(b.addr)
+	if ip := net.ParseIP(host); host == "" || ip == nil || ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	return "tcp://" + net.JoinHostPort(host, port)
 }
 
 // Close stops the broker.

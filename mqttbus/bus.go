@@ -19,6 +19,8 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/labsync/labsync/internal/redact"
 )
 
 // Options configure a Bus.
@@ -47,9 +49,10 @@ type Bus struct {
 	client mqtt.Client
 	log    *slog.Logger
 
-	wake  chan struct{}
-	queue chan message // non-retained messages; dropped when full
-	done  chan struct{}
+	wake     chan struct{}
+	queue    chan message // non-retained messages; dropped when full
+	done     chan struct{}
+	handlers chan struct{} // bounds the handlers running at once
 
 	mu       sync.Mutex
 	retained map[string][]byte
@@ -66,6 +69,9 @@ type message struct {
 type subscription struct {
 	qos     byte
 	handler func(topic string, payload []byte)
+	// retained: also deliver retained messages (the broker's stored
+	// last value, sent again at every connect).
+	retained bool
 }
 
 // Connect starts connecting to the broker in the background and returns at
@@ -83,8 +89,8 @@ func Connect(o Options) (*Bus, error) {
 		_, _ = rand.Read(b[:])
 		o.ClientID = fmt.Sprintf("labsync-%s-%s-%s", o.Lab, host, hex.EncodeToString(b[:]))
 	}
-	b := &Bus{opts: o, log: o.Logger.With("broker", o.Broker), retained: map[string][]byte{}, dirty: map[string]bool{}, subs: map[string]subscription{},
-		wake: make(chan struct{}, 1), queue: make(chan message, 256), done: make(chan struct{})}
+	b := &Bus{opts: o, log: o.Logger.With("broker", redact.String(o.Broker)), retained: map[string][]byte{}, dirty: map[string]bool{}, subs: map[string]subscription{},
+		wake: make(chan struct{}, 1), queue: make(chan message, 256), done: make(chan struct{}), handlers: make(chan struct{}, maxHandlers)}
 	co := mqtt.NewClientOptions().
 		AddBroker(o.Broker).
 		SetClientID(o.ClientID).
@@ -146,7 +152,17 @@ func (b *Bus) flush() {
 	}
 	b.mu.Unlock()
 	for i, t := range topics {
-		b.client.Publish(t, 1, true, payloads[i]).WaitTimeout(5 * time.Second)
+		tok := b.client.Publish(t, 1, true, payloads[i])
+		if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil || !b.client.IsConnectionOpen() {
+			// Not sent: mark what is left dirty again, for the next
+			// connection.
+			b.mu.Lock()
+			for _, rest := range topics[i:] {
+				b.dirty[rest] = true
+			}
+			b.mu.Unlock()
+			return
+		}
 	}
 }
 
@@ -179,6 +195,9 @@ func tlsConfig(o Options) (*tls.Config, error) {
 	}
 	return tc, nil
 }
+
+// maxHandlers bounds the message handlers running at once.
+const maxHandlers = 16
 
 // Prefix returns the topic prefix of the lab.
 func (b *Bus) Prefix() string { return b.opts.Prefix }
@@ -247,7 +266,9 @@ func (b *Bus) Publish(topic string, payload []byte, qos byte) {
 }
 
 // Subscribe registers handler for topic (wildcards allowed); the
-// subscription is renewed after each reconnect.
+// subscription is renewed after each reconnect. Retained messages are not
+// delivered: a command or a job left retained on the broker would
+// otherwise run again at every connect.
 func (b *Bus) Subscribe(topic string, qos byte, handler func(topic string, payload []byte)) {
 	s := subscription{qos: qos, handler: handler}
 	b.mu.Lock()
@@ -271,9 +292,22 @@ func (b *Bus) Unsubscribe(topic string) {
 
 func (b *Bus) subscribe(topic string, s subscription) {
 	b.client.Subscribe(topic, s.qos, func(_ mqtt.Client, m mqtt.Message) {
-		// Handlers run on their own goroutine so a slow one never
-		// stalls paho's delivery of other messages.
-		go s.handler(m.Topic(), m.Payload())
+		if m.Retained() && !s.retained {
+			b.log.Warn("retained message ignored: commands and jobs must not be retained", "topic", clip(m.Topic()))
+			return
+		}
+		// Handlers run on goroutines of their own, at most maxHandlers at
+		// once, so a slow one never stalls paho; past that, messages are
+		// dropped with a log line.
+		select {
+		case b.handlers <- struct{}{}:
+			go func() {
+				defer func() { <-b.handlers }()
+				s.handler(m.Topic(), m.Payload())
+			}()
+		default:
+			b.log.Warn("mqtt message dropped: too many being handled", "topic", clip(m.Topic()))
+		}
 	})
 }
 

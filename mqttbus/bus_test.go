@@ -38,3 +38,31 @@ func TestRetainPublishesChanges(t *testing.T) {
 		t.Errorf("%d messages on x, want 1 to 3", n)
 	}
 }
+
+// A command or job left retained on the broker is not run again at each
+// connect: handlers never see retained messages.
+func TestRetainedMessagesAreNotHandled(t *testing.T) {
+	mosq := testenv.StartMosquitto(t)
+	pub := testenv.Subscribe(t, mosq.URL, "unused")
+	pub.PublishRetained("dut1/submit", []byte("echo left over"))
+	bus, err := mqttbus.Connect(mqttbus.Options{Broker: mosq.URL, Lab: "l2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bus.Close()
+	testenv.Eventually(t, 10*time.Second, "bus not connected", bus.Connected)
+	got := make(chan string, 4)
+	bus.Subscribe("+/submit", 1, func(_ string, p []byte) { got <- string(p) })
+	testenv.Eventually(t, 10*time.Second, "live message not handled", func() bool {
+		pub.Publish("dut1/submit", []byte("echo live"))
+		select {
+		case m := <-got:
+			if m != "echo live" {
+				t.Fatalf("handled %q", m)
+			}
+			return true
+		default:
+			return false
+		}
+	})
+}

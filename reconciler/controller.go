@@ -740,11 +740,20 @@ func (c *Controller) Refresh() {
 // command). Only agents of this lab's desired state that have a container
 // can be restarted.
 func (c *Controller) RestartAgent(ctx context.Context, name string) error {
-	st := c.Status()
-	if st.Observed == nil {
-		return fmt.Errorf("no pass has observed the host yet")
+	// Never while a pass changes containers: it may be replacing this one.
+	if !c.passMu.TryLock() {
+		return fmt.Errorf("a pass is under way; try again when it is done")
 	}
-	for _, o := range st.Observed.Containers {
+	defer c.passMu.Unlock()
+	st := c.Status()
+	if st.Desired == nil {
+		return fmt.Errorf("no pass has read the lab yet")
+	}
+	obs, err := c.opts.Docker.Observe(ctx, st.Desired.Lab)
+	if err != nil {
+		return err
+	}
+	for _, o := range obs.Containers {
 		if o.Kind == lab.KindAgent && o.Object == name && !o.Aside {
 			err := c.opts.Docker.RestartContainer(ctx, o.ID, c.opts.Apply.StopTimeout)
 			e := Event{Time: time.Now(), Type: "command", Object: "agent/" + name, Message: "restarted " + o.Name + " on request"}

@@ -208,7 +208,9 @@ func (p *Changeset) planContainer(spec *lab.ContainerSpec, found []runtime.Obser
 		case len(reasons) > 0:
 			a.Kind, a.Reasons = Recreate, reasons
 		case primary.State != "running":
-			a.Kind, a.Reasons = Start, []string{fmt.Sprintf("stopped (%s)", primary.Status)}
+			// The state, not Docker's "Exited (1) 2 minutes ago": reasons
+			// must not change while nothing does.
+			a.Kind, a.Reasons = Start, []string{fmt.Sprintf("container is %s", primary.State)}
 		case len(leftovers) > 0:
 			a.Kind, a.Reasons = Remove, leftoverReasons(leftovers)
 			a.Target, a.Old, a.Spec = leftovers[0].Name, nil, nil

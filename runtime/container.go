@@ -19,6 +19,7 @@ import (
 	"github.com/docker/docker/pkg/stdcopy"
 	"github.com/docker/go-connections/nat"
 
+	"github.com/labsync/labsync/internal/redact"
 	"github.com/labsync/labsync/lab"
 )
 
@@ -384,7 +385,7 @@ func (c *Client) logTail(ctx context.Context, id string) string {
 	if s == "" {
 		return ""
 	}
-	return "; last log lines: " + strings.ReplaceAll(s, "\n", " | ")
+	return "; last log lines: " + redact.String(strings.ReplaceAll(s, "\n", " | "))
 }
 
 // AgentHeartbeatPath is where labsync-agent keeps its heartbeat inside an

@@ -164,6 +164,7 @@ func (s *Server) handleGitHub(w http.ResponseWriter, r *http.Request) {
 					} `json:"repo"`
 				} `json:"head"`
 				Base struct {
+					Ref  string `json:"ref"`
 					Repo struct {
 						FullName string `json:"full_name"`
 					} `json:"repo"`
@@ -180,6 +181,9 @@ func (s *Server) handleGitHub(w http.ResponseWriter, r *http.Request) {
 			log.Info("webhook: pull request acknowledged; pull-request plans are off (no GitHub token)", "action", p.Action, "number", p.Number)
 			s.webhook("acknowledged")
 			writeJSON(w, http.StatusAccepted, hookReply{Status: "acknowledged", Detail: fmt.Sprintf("pull request #%d %s; plans are off", p.Number, p.Action)})
+		case p.PullRequest.Base.Ref != "" && p.PullRequest.Base.Ref != s.opts.Branch:
+			s.webhook("ignored")
+			writeJSON(w, http.StatusAccepted, hookReply{Status: "ignored", Detail: "pull request into " + p.PullRequest.Base.Ref + ", not the tracked branch " + s.opts.Branch})
 		case p.Action == "opened" || p.Action == "synchronize" || p.Action == "reopened":
 			head := p.PullRequest.Head
 			fork := head.Repo.FullName != p.PullRequest.Base.Repo.FullName

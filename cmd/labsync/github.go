@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/labsync/labsync/forge"
-	"github.com/labsync/labsync/gitsource"
 	"github.com/labsync/labsync/reconciler"
 )
 
@@ -31,14 +30,14 @@ func (g *githubFlags) register(fs *flag.FlagSet) {
 
 // start makes the pull-request pipeline, or returns nil when no token is
 // given.
-func (g *githubFlags) start(ctx context.Context, repoURL, labName, dataDir string, src *gitsource.Source, docker forge.Observer, log *slog.Logger) (*forge.Pipeline, error) {
+func (g *githubFlags) start(ctx context.Context, git *gitFlags, labName, dataDir string, current func() string, docker forge.Observer, log *slog.Logger) (*forge.Pipeline, error) {
 	token, err := readSecret(g.tokenFile, "LABSYNC_GITHUB_TOKEN")
 	if err != nil || token == "" {
 		return nil, err
 	}
 	spec := g.repo
 	if spec == "" {
-		spec = repoURL
+		spec = git.repo
 	}
 	owner, repo, err := forge.ParseRepo(spec)
 	if err != nil {
@@ -48,40 +47,49 @@ func (g *githubFlags) start(ctx context.Context, repoURL, labName, dataDir strin
 	if err != nil {
 		return nil, err
 	}
+	// Pull requests are fetched into a cache of their own, so a slow fetch
+	// of one never holds the tracked branch's cache that passes read.
+	pulls := *git
+	pulls.cacheDir = filepath.Join(dataDir, "git-pulls")
+	src, err := pulls.open()
+	if err != nil {
+		return nil, err
+	}
 	drift := forge.NewDriftReporter(forge.DriftOptions{GitHub: client, History: src, Lab: labName,
 		StateFile: filepath.Join(dataDir, "drift-reports.json"), Logger: log})
 	p := forge.NewPipeline(forge.PipelineOptions{GitHub: client, Source: src, Docker: docker, Lab: labName,
-		BlobURL: forge.BlobURL(strings.TrimRight(g.webURL, "/"), owner, repo), Logger: log, Interval: g.prPoll, Drift: drift})
+		BlobURL: forge.BlobURL(strings.TrimRight(g.webURL, "/"), owner, repo), Logger: log, Interval: g.prPoll, Drift: drift,
+		LabName: current, Branch: git.branch})
 	go p.Run(ctx)
 	log.Info("pull-request feedback on GitHub", "repo", owner+"/"+repo)
 	return p, nil
 }
 
-// applyReporter sends each newly applied revision to the pipeline, once.
+// applyReporter sends the outcome of each new revision to the pipeline:
+// once per revision and result, so self-heal passes and retries do not
+// rewrite a merged pull request's report.
 type applyReporter struct {
 	p    *forge.Pipeline
 	mu   sync.Mutex
-	last string
+	last string // revision and result last reported
 }
 
 func (a *applyReporter) observe(run reconciler.Run, st reconciler.LabStatus) {
-	if a == nil || a.p == nil || run.Applied == "" {
+	if a == nil || a.p == nil || run.Revision == "" || run.Result == reconciler.ResultError {
 		return
 	}
-	if run.Result != reconciler.ResultError {
-		a.p.CheckDrift(run.Applied, forge.DriftsOf(st.Plan))
+	if run.Applied != "" {
+		a.p.CheckDrift(run.Applied, forge.DriftsOf(st.Plan, run.Results))
 	}
-	if run.Applied != run.Revision {
+	if run.Applied != run.Revision && run.Result != reconciler.ResultInvalid {
 		return
 	}
-	if run.Result != reconciler.ResultOK && run.Result != reconciler.ResultFailed {
-		return
-	}
+	key := run.Revision + "/" + run.Result
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if run.Applied == a.last && len(run.Results) == 0 {
+	if key == a.last {
 		return
 	}
-	a.last = run.Applied
+	a.last = key
 	a.p.Applied(run)
 }

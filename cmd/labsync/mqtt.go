@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"log/slog"
 	"sync"
@@ -39,14 +40,16 @@ type mqttSide struct {
 	broker *mqttbus.Broker
 	url    string
 
+	ctx    context.Context
 	mu     sync.Mutex
+	pubMu  sync.Mutex // one snapshot published at a time
 	bus    *mqttbus.Bus
 	bridge *mqttbus.Bridge
 	prefix string
 }
 
-func (m *mqttFlags) start(log *slog.Logger) (*mqttSide, error) {
-	side := &mqttSide{flags: m, log: log, url: m.broker}
+func (m *mqttFlags) start(ctx context.Context, log *slog.Logger) (*mqttSide, error) {
+	side := &mqttSide{flags: m, log: log, url: m.broker, ctx: ctx}
 	if m.broker == "" && m.listen != "" {
 		b, err := mqttbus.StartBroker(m.listen, log)
 		if err != nil {
@@ -99,13 +102,14 @@ func (s *mqttSide) publish(ctrl *reconciler.Controller, st reconciler.LabStatus)
 			return
 		}
 		s.bus, s.prefix = bus, st.Desired.MQTTPrefix
-		s.bridge = mqttbus.NewBridge(mqttbus.BridgeOptions{Bus: bus, Controller: ctrl, SubmitPoll: s.flags.submitPoll, Logger: s.log})
+		s.bridge = mqttbus.NewBridge(mqttbus.BridgeOptions{Bus: bus, Controller: ctrl, SubmitPoll: s.flags.submitPoll, Logger: s.log, Context: s.ctx})
 	} else if st.Desired.MQTTPrefix != s.prefix {
 		s.log.Warn("mqtt.prefix changed; restart labsync serve to use it", "in_use", s.prefix, "new", st.Desired.MQTTPrefix)
 	}
 	b := s.bridge
 	s.mu.Unlock()
-	s.log.Debug("publishing status", "objects", len(st.Objects()))
+	s.pubMu.Lock()
+	defer s.pubMu.Unlock()
 	b.Publish(st)
 }
 

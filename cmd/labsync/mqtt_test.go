@@ -126,6 +126,7 @@ func TestMQTTStatusCommandsAndSubmit(t *testing.T) {
 	testenv.Eventually(t, 30*time.Second, "cmd/sync did not repair beta", func() bool {
 		return lastState(t, sub, prefix+"/agents/beta/state").Health == "healthy"
 	})
+	d.settle() // a restart is refused while a pass runs
 	before := g.containers(t)["alpha"]
 	sub.Publish(prefix+"/agents/alpha/cmd", []byte("restart"))
 	testenv.Eventually(t, 30*time.Second, "restart command did nothing", func() bool {

@@ -173,18 +173,24 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	pipeline, err := f.github.start(ctx, f.git.repo, name, f.dataDir, src, rt, log)
+	var ctrl *reconciler.Controller
+	currentLab := func() string {
+		if ctrl == nil {
+			return ""
+		}
+		return ctrl.Status().Lab
+	}
+	pipeline, err := f.github.start(ctx, &f.git, name, f.dataDir, currentLab, rt, log)
 	if err != nil {
 		return err
 	}
 	reporter := &applyReporter{p: pipeline}
 	var srv *server.Server
-	mq, err := f.mqtt.start(log)
+	mq, err := f.mqtt.start(ctx, log)
 	if err != nil {
 		return err
 	}
 	defer mq.close()
-	var ctrl *reconciler.Controller
 	ctrl = reconciler.NewController(reconciler.ControllerOptions{
 		Source: src, Docker: rt, DefaultName: name,
 		PollInterval: f.pollInterval, MinBackoff: f.minBackoff, MaxBackoff: f.maxBackoff,

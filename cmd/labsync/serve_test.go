@@ -419,6 +419,7 @@ func prHook(t *testing.T, url, secret string, number int, head, delivery string)
 	payload["number"] = number
 	pr := payload["pull_request"].(map[string]any)
 	pr["head"].(map[string]any)["sha"] = head
+	pr["base"].(map[string]any)["ref"] = "main"
 	body, _ := json.Marshal(payload)
 	req, _ := http.NewRequest(http.MethodPost, url+"/hooks/github", bytes.NewReader(body))
 	req.Header.Set("X-GitHub-Event", "pull_request")
@@ -463,7 +464,7 @@ func TestServeCommentsOnPullRequests(t *testing.T) {
 		return len(cs[5]) == 1 && statusOf("labsync/"+g.name+"/plan", head) != nil
 	})
 	cs, _ := gh.Snapshot()
-	if st := statusOf("labsync/"+g.name+"/plan", head); !strings.Contains(cs[5][0].Body, "create | agent `beta`") || st.State != "success" {
+	if st := statusOf("labsync/"+g.name+"/plan", head); !strings.Contains(cs[5][0].Body, "create | agent <code>beta</code>") || st.State != "success" {
 		t.Fatalf("plan comment %q, status %+v", cs[5][0].Body, st)
 	}
 	if _, ok := g.containers(t)["beta"]; ok {

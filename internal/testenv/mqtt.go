@@ -153,3 +153,8 @@ func (s *Subscriber) Last(topic string) (Message, bool) {
 func (s *Subscriber) Publish(topic string, payload []byte) {
 	s.client.Publish(topic, 1, false, payload).WaitTimeout(5 * time.Second)
 }
+
+// PublishRetained sends a retained message with the subscriber's connection.
+func (s *Subscriber) PublishRetained(topic string, payload []byte) {
+	s.client.Publish(topic, 1, true, payload).WaitTimeout(5 * time.Second)
+}
