@@ -1,14 +1,12 @@
 package agent_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -94,28 +92,10 @@ func TestRotatingFile(t *testing.T) {
 	}
 }
 
-// syncBuffer collects output lines across goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type proc struct {
 	t     *testing.T
 	dir   string
-	out   *syncBuffer
+	out   *testenv.SyncBuffer
 	sigs  chan os.Signal
 	done  chan struct{}
 	code  int
@@ -130,7 +110,7 @@ func supervise(t *testing.T, env []string, tune func(*agent.Config)) *proc {
 	dir := t.TempDir()
 	conf := filepath.Join(dir, "dut.conf")
 	testenv.WriteFiles(t, dir, map[string]string{"dut.conf": "agent_id: dut\nserver_address: x\njob_queues: [dut]\npolling_interval: 1\n"})
-	p := &proc{t: t, dir: dir, out: &syncBuffer{}, sigs: make(chan os.Signal, 4), done: make(chan struct{}), start: time.Now()}
+	p := &proc{t: t, dir: dir, out: &testenv.SyncBuffer{}, sigs: make(chan os.Signal, 4), done: make(chan struct{}), start: time.Now()}
 	cfg := agent.Config{
 		SUT: "dut", Command: []string{bin, "-c", conf}, Env: env, Stdout: p.out,
 		LogFile: filepath.Join(dir, "log", "agent.log"), StateDir: filepath.Join(dir, "state"), MarkerDir: dir,
@@ -289,7 +269,7 @@ func TestLeftoverProcessIsEndedAndAgentRestarted(t *testing.T) {
 	dir := t.TempDir()
 	sh := filepath.Join(dir, "agent.sh")
 	testenv.WriteFiles(t, dir, map[string]string{"agent.sh": "echo started\nsleep 300 &\necho $! > " + filepath.Join(dir, "child.pid") + "\nexit 3\n"})
-	out := &syncBuffer{}
+	out := &testenv.SyncBuffer{}
 	sigs := make(chan os.Signal, 1)
 	done := make(chan struct{})
 	go func() {
@@ -318,7 +298,7 @@ func TestCrashLoopClearsAfterTheWindow(t *testing.T) {
 	state := filepath.Join(dir, "state")
 	go func() {
 		defer close(done)
-		agent.Run(context.Background(), agent.Config{SUT: "dut", Command: []string{"/bin/sh", filepath.Join(dir, "agent.sh")}, Stdout: &syncBuffer{}, StateDir: state, MarkerDir: dir,
+		agent.Run(context.Background(), agent.Config{SUT: "dut", Command: []string{"/bin/sh", filepath.Join(dir, "agent.sh")}, Stdout: &testenv.SyncBuffer{}, StateDir: state, MarkerDir: dir,
 			StatusInterval: 100 * time.Millisecond, RestartMin: 20 * time.Millisecond, RestartMax: 40 * time.Millisecond, CrashLimit: 3, CrashWindow: 1500 * time.Millisecond, Signals: sigs})
 	}()
 	defer func() { sigs <- syscall.SIGTERM; <-done }()

@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -31,24 +30,7 @@ type daemon struct {
 	url    string
 	cancel context.CancelFunc
 	done   chan error
-	out    *syncBuffer
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	out    *testenv.SyncBuffer
 }
 
 func freeAddr(t testing.TB) string {
@@ -64,7 +46,7 @@ func startDaemon(t testing.TB, args ...string) *daemon {
 	t.Helper()
 	addr := freeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	d := &daemon{t: t, url: "http://" + addr, cancel: cancel, done: make(chan error, 1), out: &syncBuffer{}}
+	d := &daemon{t: t, url: "http://" + addr, cancel: cancel, done: make(chan error, 1), out: &testenv.SyncBuffer{}}
 	go func() {
 		d.done <- run(ctx, append([]string{"serve", "--listen", addr, "--log-level", "debug", "--mqtt-listen", "127.0.0.1:0"}, args...), d.out, d.out)
 	}()
