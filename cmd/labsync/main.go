@@ -78,6 +78,7 @@ Usage:
   labsync plan [flags] [PATH]       show what apply would change on this Docker host
   labsync apply [flags] [PATH]      converge this Docker host to the lab
   labsync serve --repo URL [flags]  run the daemon: poll git, take webhooks, converge, serve status
+  labsync status [--server URL]     the lab at a glance, from a running daemon
   labsync version                   print the version
 
 PATH is the lab repository's folder (default: the current folder).
@@ -96,6 +97,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runPlan(ctx, args[1:], stdout, stderr)
 	case "serve":
 		return runServe(ctx, args[1:], stdout, stderr)
+	case "status":
+		return runStatus(ctx, args[1:], stdout, stderr)
 	case "apply":
 		return runApply(ctx, args[1:], stdout, stderr)
 	case "version", "--version":

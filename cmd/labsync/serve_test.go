@@ -274,6 +274,12 @@ func TestServeFollowsGitAndWebhooks(t *testing.T) {
 	}
 	g.waitRunning(t, 30*time.Second, "alpha", "beta")
 
+	// labsync status shows the lab from the daemon's API.
+	out, errOut, err := runCmd(t, "status", "--server", d.url)
+	if err != nil || !strings.Contains(out, "Lab "+g.name) || !strings.Contains(out, "agent  gamma  running  healthy") {
+		t.Errorf("labsync status: %v\n%s%s", err, out, errOut)
+	}
+
 	// A restarted daemon rebuilds its view from labels and changes nothing.
 	d.settle()
 	before = g.containers(t)
