@@ -66,3 +66,28 @@ func TestRetainedMessagesAreNotHandled(t *testing.T) {
 		}
 	})
 }
+
+// A TLS broker: the bus verifies it with the CA it is given.
+func TestTLSBroker(t *testing.T) {
+	mosq, ca := testenv.StartMosquittoTLS(t)
+	// First a bus that trusts another CA: it must never connect.
+	untrusted, err := mqttbus.Connect(mqttbus.Options{Broker: mosq.URL, Lab: "tls2", CAFile: writeOtherCA(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer untrusted.Close()
+	bus, err := mqttbus.Connect(mqttbus.Options{Broker: mosq.URL, CAFile: ca, Lab: "tls"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bus.Close()
+	testenv.Eventually(t, 10*time.Second, "no TLS connection", bus.Connected)
+	if untrusted.Connected() {
+		t.Error("connected to a broker whose certificate it cannot verify")
+	}
+}
+
+func writeOtherCA(t *testing.T) string {
+	_, ca := testenv.StartMosquittoTLS(t) // another CA, of another broker
+	return ca
+}

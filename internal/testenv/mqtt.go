@@ -1,7 +1,14 @@
 package testenv
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
+	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -65,6 +72,13 @@ func (m *Mosquitto) Start() {
 		bin = "/usr/sbin/mosquitto"
 	}
 	m.cmd = exec.Command(bin, "-c", m.conf)
+	var out SyncBuffer
+	m.cmd.Stdout, m.cmd.Stderr = &out, &out
+	defer func() {
+		if m.t.Failed() {
+			m.t.Logf("mosquitto output:\n%s", out.String())
+		}
+	}()
 	if err := m.cmd.Start(); err != nil {
 		m.t.Fatalf("start mosquitto: %v", err)
 	}
@@ -157,4 +171,50 @@ func (s *Subscriber) Publish(topic string, payload []byte) {
 // PublishRetained sends a retained message with the subscriber's connection.
 func (s *Subscriber) PublishRetained(topic string, payload []byte) {
 	s.client.Publish(topic, 1, true, payload).WaitTimeout(5 * time.Second)
+}
+
+// StartMosquittoTLS starts a broker that speaks TLS only, with a CA and a
+// server certificate made for the test; it returns the broker and the CA
+// file to trust.
+func StartMosquittoTLS(t testing.TB) (*Mosquitto, string) {
+	t.Helper()
+	m := StartMosquitto(t)
+	m.Stop()
+	dir := t.TempDir()
+	ca, cert, key := makeCerts(t)
+	WriteFiles(t, dir, map[string]string{"ca.pem": ca, "server.pem": cert, "server.key": key,
+		"mosquitto.conf": fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\ncafile %s\ncertfile %s\nkeyfile %s\n",
+			m.port, filepath.Join(dir, "ca.pem"), filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key"))})
+	// Mosquitto started as root drops to its own user: it must be able
+	// to read the test's files.
+	for _, p := range []string{filepath.Dir(dir), dir} {
+		_ = os.Chmod(p, 0o755)
+	}
+	m.conf = filepath.Join(dir, "mosquitto.conf")
+	m.URL = fmt.Sprintf("ssl://127.0.0.1:%d", m.port)
+	m.Start()
+	return m, filepath.Join(dir, "ca.pem")
+}
+
+func makeCerts(t testing.TB) (caPEM, certPEM, keyPEM string) {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "labsync test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srvKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	srvTmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	srvDER, err := x509.CreateCertificate(rand.Reader, srvTmpl, caTmpl, &srvKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, _ := x509.MarshalECPrivateKey(srvKey)
+	enc := func(typ string, der []byte) string { return string(pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der})) }
+	return enc("CERTIFICATE", caDER), enc("CERTIFICATE", srvDER), enc("EC PRIVATE KEY", keyDER)
 }
