@@ -2,6 +2,8 @@ package reconciler_test
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -172,4 +174,58 @@ func TestChangeToBusyAgentWaitsForTheJob(t *testing.T) {
 	if l.containers(ctx)[l.name+"-alpha"].ID == id {
 		t.Error("alpha was not recreated")
 	}
+}
+
+// A device moving to a new agent while its old agent runs a job: neither
+// the stop nor the new agent happens until the job ends, so two agents
+// never drive the device.
+func TestDeviceMovesOnlyWhenTheOldAgentIsIdle(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	l := newLiveLab(t, "alpha")
+	l.write("sut/alpha.lab.yaml", agentCmd+"env: {STANDIN_JOB_EVERY: \"2\", STANDIN_JOB_DURATION: 4s}\n")
+	l.write("sut/alpha.conf", strings.Replace(agentConf("alpha"), "polling_interval: 30", "polling_interval: 1", 1))
+	l.write("lab.yaml", strings.Replace(readFile(t, l.dir, "lab.yaml"), "agents:", "prune:\n  enabled: false\nagents:", 1))
+	l.applyOK(ctx)
+	old := l.containers(ctx)[l.name+"-alpha"]
+	testenv.Eventually(t, 10*time.Second, "alpha never busy", func() bool {
+		a, _ := l.rt.AgentActivity(ctx, old.ID)
+		return a.Busy
+	})
+	// alpha is disabled; omega takes its device.
+	l.write("sut/alpha.lab.yaml", "enabled: false\n")
+	l.write("sut/omega.conf", agentConf("omega"))
+	l.write("sut/omega_snappy.yaml", "device_ip: 10.250.0.10\n")
+	_, r := l.apply(ctx, reconciler.ApplyOptions{})
+	statuses := map[string]reconciler.Status{}
+	for _, res := range r.Results {
+		statuses[string(res.Action.Kind)+" "+res.Action.Object] = res.Status
+	}
+	if statuses["stop alpha"] != reconciler.StatusDeferred || statuses["create omega"] != reconciler.StatusDeferred {
+		t.Fatalf("results = %v, want the stop and the create deferred", statuses)
+	}
+	if _, ok := l.containers(ctx)[l.name+"-omega"]; ok {
+		t.Fatal("omega was created while alpha still drove the device")
+	}
+	testenv.Eventually(t, 30*time.Second, "device never moved after the job", func() bool {
+		a, _ := l.rt.AgentActivity(ctx, old.ID)
+		if a.Busy {
+			return false
+		}
+		_, r := l.apply(ctx, reconciler.ApplyOptions{})
+		return r.Failed() == 0 && len(r.Deferred()) == 0
+	})
+	cs := l.containers(ctx)
+	if cs[l.name+"-alpha"].State == "running" || cs[l.name+"-omega"].State != "running" {
+		t.Errorf("alpha %s, omega %s; want alpha stopped and omega running", cs[l.name+"-alpha"].State, cs[l.name+"-omega"].State)
+	}
+}
+
+func readFile(t *testing.T, dir, name string) string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(dir, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
 }

@@ -138,7 +138,7 @@ const DefaultStopTimeout = 10 * time.Second
 // the host is left in a state the next plan repairs.
 func Apply(ctx context.Context, eng Engine, p *Changeset, opts ApplyOptions) *Report {
 	start := time.Now()
-	a := &applier{eng: eng, plan: p, opts: opts, broken: map[string]string{}, serviceDone: map[string]Status{}}
+	a := &applier{eng: eng, plan: p, opts: opts, broken: map[string]string{}, serviceDone: map[string]Status{}, heldDevices: map[string]string{}}
 	if a.opts.Logger == nil {
 		a.opts.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -184,6 +184,9 @@ type applier struct {
 	// the error, so the containers that need them are skipped.
 	broken      map[string]string
 	serviceDone map[string]Status
+	// heldDevices maps devices whose old agent could not be stopped (busy)
+	// to that agent's name.
+	heldDevices map[string]string
 }
 
 func (a *applier) runParallel(ctx context.Context, idx []int) {
@@ -213,7 +216,9 @@ func (a *applier) run(ctx context.Context, i int) {
 	log := a.opts.Logger.With("action", string(act.Kind), "object", act.Object, "target", act.Target)
 	res := Result{Action: *act, Status: StatusOK, order: i}
 	var err error
-	if skip := a.skipReason(act); skip != "" {
+	if held := a.deviceHeld(act); held != "" {
+		res.Status, res.Error = StatusDeferred, fmt.Sprintf("device %s is still driven by %s, which runs a job; this agent starts when it is done", act.Spec.Device, held)
+	} else if skip := a.skipReason(act); skip != "" {
 		res.Status, res.Error = StatusSkipped, skip
 	} else if ctx.Err() != nil {
 		res.Status, res.Error = StatusInterrupted, "apply was cancelled before this action started"
@@ -242,6 +247,17 @@ func (a *applier) run(ctx context.Context, i int) {
 	if a.opts.OnResult != nil {
 		a.opts.OnResult(res)
 	}
+}
+
+// deviceHeld names the busy orphan that still drives the device act's
+// agent would take, if any.
+func (a *applier) deviceHeld(act *Action) string {
+	if act.Spec == nil || act.Spec.Device == "" || act.ObjectKind != string(lab.KindAgent) {
+		return ""
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.heldDevices[act.Spec.Device]
 }
 
 // skipReason says why an action cannot run because another failed.
@@ -305,6 +321,14 @@ func (a *applier) do(ctx context.Context, act *Action) (Status, error) {
 	case Finish:
 		return a.finish(ctx, act)
 	case Stop:
+		// An orphan still running a job keeps its device until the job
+		// ends; the agent that takes the device over waits too.
+		if deferred, why := a.busy(ctx, act); deferred {
+			a.mu.Lock()
+			a.heldDevices[act.Old.Device] = act.Old.Name
+			a.mu.Unlock()
+			return StatusDeferred, errors.New(why)
+		}
 		// Stopped for good: restart policy "no", so a daemon restart does
 		// not bring it back next to the agent that took its device.
 		if err := a.eng.StopContainer(ctx, act.Old.ID, a.opts.StopTimeout); err != nil {
