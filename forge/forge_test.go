@@ -242,6 +242,12 @@ func TestTruncate(t *testing.T) {
 	if len(got) > forge.MaxCommentSize || !strings.Contains(got, "over GitHub's 65536-character limit") {
 		t.Errorf("truncated to %d bytes", len(got))
 	}
+	inBlock := "<details><summary>Full plan</summary>\n\n<pre>\n" + strings.Repeat("line\n", forge.MaxCommentSize)
+	got = forge.Truncate(inBlock)
+	if len(got) > forge.MaxCommentSize || !strings.HasSuffix(strings.TrimSpace(got), "shows everything)") ||
+		strings.Count(got, "<pre>") != strings.Count(got, "</pre>") || strings.Count(got, "<details>") != strings.Count(got, "</details>") {
+		t.Errorf("cut inside a block leaves it open: ...%s", got[len(got)-200:])
+	}
 }
 
 // Without webhooks, polling finds pull requests whose head moved.

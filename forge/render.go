@@ -193,11 +193,21 @@ func Truncate(body string) string {
 		return body
 	}
 	note := "\n\n… (cut: the comment was over GitHub's 65536-character limit; `labsync plan` shows everything)\n"
-	cut := MaxCommentSize - len(note)
+	closing := "\n</pre></details>\n"
+	cut := MaxCommentSize - len(note) - len(closing)
 	for cut > 0 && !utf8Start(body[cut]) {
 		cut--
 	}
-	return body[:cut] + note
+	head := body[:cut]
+	// Close what the cut left open, so the note is not hidden in a
+	// collapsed block of code.
+	if strings.Count(head, "<pre>") > strings.Count(head, "</pre>") {
+		head += "\n</pre>"
+	}
+	if strings.Count(head, "<details>") > strings.Count(head, "</details>") {
+		head += "</details>\n"
+	}
+	return head + note
 }
 
 func utf8Start(b byte) bool { return b&0xC0 != 0x80 }
