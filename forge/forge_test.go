@@ -279,3 +279,24 @@ func TestFileNamesAreEscaped(t *testing.T) {
 		t.Errorf("injected link:\n%s", body)
 	}
 }
+
+// The bot's comment is found on a later page, among other users' comments
+// (one quoting the marker), whatever the case of its login.
+func TestStickyCommentAcrossPagesAndUsers(t *testing.T) {
+	gh := testenv.NewFakeGitHub(t)
+	gh.PageSize = 2
+	marker := forge.Marker("l1")
+	gh.AddComment(4, "alice", "looks good")
+	gh.AddComment(4, "bob", "quoting the bot: "+marker+" old plan")
+	gh.AddComment(4, "carol", "+1")
+	gh.AddComment(4, "LabSync-Bot", marker+"\nold plan")
+	client, _ := forge.New(forge.Options{BaseURL: gh.APIURL(), Owner: "o", Repo: "r", Token: "t", Login: "labsync-bot"})
+	created, err := client.UpsertComment(context.Background(), 4, marker, marker+"\nnew plan")
+	if err != nil || created {
+		t.Fatalf("created %v, err %v; want the bot's comment on page 2 edited", created, err)
+	}
+	cs, _ := gh.Snapshot()
+	if len(cs[4]) != 4 || cs[4][3].Body != marker+"\nnew plan" || !strings.Contains(cs[4][1].Body, "old plan") {
+		t.Errorf("comments = %+v", cs[4])
+	}
+}

@@ -24,10 +24,12 @@ type FakeGitHub struct {
 	Pulls    map[string][]int // commit → pull requests
 	Issues   []Issue
 	// Open lists the open pull requests: number → head commit.
-	Open    map[int]string
-	Fail    map[string]int
-	RateHit map[string]int
-	Calls   int
+	Open map[int]string
+	// PageSize is the number of comments a page lists (default 100).
+	PageSize int
+	Fail     map[string]int
+	RateHit  map[string]int
+	Calls    int
 }
 
 // Comment is an issue comment.
@@ -129,7 +131,24 @@ func (f *FakeGitHub) serve(w http.ResponseWriter, r *http.Request) {
 	case len(parts) == 6 && parts[3] == "issues" && parts[5] == "comments":
 		n, _ := strconv.Atoi(parts[4])
 		if r.Method == http.MethodGet {
-			json.NewEncoder(w).Encode(f.Comments[n])
+			// Pages of PageSize comments, linked as GitHub links them.
+			all := f.Comments[n]
+			page, _ := strconv.Atoi(r.URL.Query().Get("page"))
+			page = max(page, 1)
+			size := f.PageSize
+			if size == 0 {
+				size = 100
+			}
+			from := min((page-1)*size, len(all))
+			to := min(from+size, len(all))
+			if to < len(all) {
+				w.Header().Set("Link", fmt.Sprintf(`<%s%s?page=%d&per_page=%d>; rel="next"`, f.URL, r.URL.Path, page+1, size))
+			}
+			out := all[from:to]
+			if out == nil {
+				out = []Comment{}
+			}
+			json.NewEncoder(w).Encode(out)
 			return
 		}
 		var in struct{ Body string }
@@ -191,4 +210,14 @@ func issueJSON(is Issue) map[string]any {
 		labels = append(labels, map[string]string{"name": l})
 	}
 	return map[string]any{"number": is.Number, "title": is.Title, "body": is.Body, "state": is.State, "labels": labels}
+}
+
+// AddComment adds a comment by login, as another user would post it.
+func (f *FakeGitHub) AddComment(number int, login, body string) {
+	f.Mu.Lock()
+	defer f.Mu.Unlock()
+	f.nextID++
+	c := Comment{ID: f.nextID, Body: body}
+	c.User.Login = login
+	f.Comments[number] = append(f.Comments[number], c)
 }
