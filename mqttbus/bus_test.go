@@ -91,3 +91,23 @@ func writeOtherCA(t *testing.T) string {
 	_, ca := testenv.StartMosquittoTLS(t) // another CA, of another broker
 	return ca
 }
+
+// A broker with a password file: the right credentials connect, wrong
+// ones never do.
+func TestBrokerWithPassword(t *testing.T) {
+	mosq := testenv.StartMosquittoAuth(t, "labsync", "s3cret")
+	wrong, err := mqttbus.Connect(mqttbus.Options{Broker: mosq.URL, Username: "labsync", Password: "nope", Lab: "pw2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wrong.Close()
+	bus, err := mqttbus.Connect(mqttbus.Options{Broker: mosq.URL, Username: "labsync", Password: "s3cret", Lab: "pw"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bus.Close()
+	testenv.Eventually(t, 10*time.Second, "not connected with the right password", bus.Connected)
+	if wrong.Connected() {
+		t.Error("connected with a wrong password")
+	}
+}

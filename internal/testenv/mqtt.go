@@ -220,3 +220,25 @@ func makeCerts(t testing.TB) (caPEM, certPEM, keyPEM string) {
 	}
 	return enc("CERTIFICATE", caDER), enc("CERTIFICATE", srvDER), enc("EC PRIVATE KEY", keyDER)
 }
+
+// StartMosquittoAuth starts a broker that accepts only user with password.
+func StartMosquittoAuth(t testing.TB, user, password string) *Mosquitto {
+	t.Helper()
+	m := StartMosquitto(t)
+	m.Stop()
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "passwd")
+	if out, err := exec.Command("mosquitto_passwd", "-c", "-b", pw, user, password).CombinedOutput(); err != nil {
+		if CI() {
+			t.Fatalf("mosquitto_passwd: %v\n%s", err, out)
+		}
+		t.Skipf("mosquitto_passwd: %v", err)
+	}
+	for _, p := range []string{filepath.Dir(dir), dir, pw} {
+		_ = os.Chmod(p, 0o755)
+	}
+	WriteFiles(t, dir, map[string]string{"mosquitto.conf": fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous false\npassword_file %s\npersistence false\n", m.port, pw)})
+	m.conf = filepath.Join(dir, "mosquitto.conf")
+	m.Start()
+	return m
+}
