@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -87,16 +88,21 @@ func New(o Options) (*Client, error) {
 // Calls returns the number of HTTP requests made, retries included.
 func (c *Client) Calls() int64 { return c.rt.calls.Load() }
 
-// ParseRepo splits "owner/repo" or a GitHub URL of the repository.
-func ParseRepo(s string) (owner, repo string, err error) {
-	s = redact.String(s)
+// ParseRepo splits "owner/repo" or a GitHub URL of the repository
+// (credentials in it are dropped).
+func ParseRepo(spec string) (owner, repo string, err error) {
+	s := spec
+	if u, perr := url.Parse(spec); perr == nil && u.Host != "" {
+		u.User = nil
+		s = u.Host + u.Path
+	}
 	s = strings.TrimSuffix(strings.TrimSuffix(s, "/"), ".git")
 	if i := strings.Index(s, "github.com"); i >= 0 {
 		s = strings.TrimLeft(s[i+len("github.com"):], ":/")
 	}
 	parts := strings.Split(s, "/")
 	if len(parts) < 2 || parts[len(parts)-2] == "" || parts[len(parts)-1] == "" {
-		return "", "", fmt.Errorf("%q is not owner/repo", s)
+		return "", "", fmt.Errorf("%q is not owner/repo", redact.String(spec))
 	}
 	return parts[len(parts)-2], parts[len(parts)-1], nil
 }
@@ -242,7 +248,8 @@ func (r *retrying) RoundTrip(req *http.Request) (*http.Response, error) {
 		wait, retry := r.shouldRetry(resp, err, attempt)
 		// A create that failed may still have been done: a POST is
 		// retried only when GitHub said it did not take it (rate limit).
-		if retry && req.Method == http.MethodPost && (resp == nil || resp.StatusCode >= 500) {
+		// Statuses are safe to set twice.
+		if retry && req.Method == http.MethodPost && !strings.Contains(req.URL.Path, "/statuses/") && (resp == nil || resp.StatusCode >= 500) {
 			retry = false
 		}
 		if !retry || attempt >= r.retries {

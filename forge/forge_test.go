@@ -300,3 +300,22 @@ func TestStickyCommentAcrossPagesAndUsers(t *testing.T) {
 		t.Errorf("comments = %+v", cs[4])
 	}
 }
+
+func TestParseRepo(t *testing.T) {
+	for in, want := range map[string]string{
+		"o/r":                        "o/r",
+		"https://github.com/o/r.git": "o/r",
+		"https://x-access-token:ghs_abc@github.com/o/r.git": "o/r",
+		"https://oauth2:abc@github.com/o/r":                 "o/r",
+		"git@github.com:o/r.git":                            "o/r",
+		"https://ghe.example.com/team/lab-host-1.git":       "team/lab-host-1",
+	} {
+		o, r, err := forge.ParseRepo(in)
+		if err != nil || o+"/"+r != want {
+			t.Errorf("ParseRepo(%q) = %s/%s, %v; want %s", in, o, r, err, want)
+		}
+	}
+	if _, _, err := forge.ParseRepo("https://user:s3cret@host/"); err == nil || strings.Contains(err.Error(), "s3cret") {
+		t.Errorf("error %v", err)
+	}
+}

@@ -135,7 +135,9 @@ func (p *Pipeline) Run(ctx context.Context) {
 			return
 		case <-p.wake:
 		case <-poll:
-			p.pollOpen(ctx)
+			pctx, cancel := context.WithTimeout(ctx, p.opts.JobTimeout)
+			p.pollOpen(pctx)
+			cancel()
 		}
 		p.mu.Lock()
 		jobs, applies, drift := p.pending, p.applies, p.drift

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/labsync/labsync/forge"
+	"github.com/labsync/labsync/gitsource"
 	"github.com/labsync/labsync/reconciler"
 )
 
@@ -30,7 +31,7 @@ func (g *githubFlags) register(fs *flag.FlagSet) {
 
 // start makes the pull-request pipeline, or returns nil when no token is
 // given.
-func (g *githubFlags) start(ctx context.Context, git *gitFlags, labName, dataDir string, current func() string, docker forge.Observer, log *slog.Logger) (*forge.Pipeline, error) {
+func (g *githubFlags) start(ctx context.Context, git *gitFlags, labName, dataDir string, tracked *gitsource.Source, current func() string, docker forge.Observer, log *slog.Logger) (*forge.Pipeline, error) {
 	token, err := readSecret(g.tokenFile, "LABSYNC_GITHUB_TOKEN")
 	if err != nil || token == "" {
 		return nil, err
@@ -55,7 +56,8 @@ func (g *githubFlags) start(ctx context.Context, git *gitFlags, labName, dataDir
 	if err != nil {
 		return nil, err
 	}
-	drift := forge.NewDriftReporter(forge.DriftOptions{GitHub: client, History: src, Lab: labName,
+	// Drift is traced through the tracked branch's history.
+	drift := forge.NewDriftReporter(forge.DriftOptions{GitHub: client, History: tracked, Lab: labName,
 		StateFile: filepath.Join(dataDir, "drift-reports.json"), Logger: log})
 	p := forge.NewPipeline(forge.PipelineOptions{GitHub: client, Source: src, Docker: docker, Lab: labName,
 		BlobURL: forge.BlobURL(strings.TrimRight(g.webURL, "/"), owner, repo), Logger: log, Interval: g.prPoll, Drift: drift,

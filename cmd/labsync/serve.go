@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/robfig/cron/v3"
@@ -173,14 +174,14 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var ctrl *reconciler.Controller
+	var ctrlRef atomic.Pointer[reconciler.Controller]
 	currentLab := func() string {
-		if ctrl == nil {
-			return ""
+		if c := ctrlRef.Load(); c != nil {
+			return c.Status().Lab
 		}
-		return ctrl.Status().Lab
+		return ""
 	}
-	pipeline, err := f.github.start(ctx, &f.git, name, f.dataDir, currentLab, rt, log)
+	pipeline, err := f.github.start(ctx, &f.git, name, f.dataDir, src, currentLab, rt, log)
 	if err != nil {
 		return err
 	}
@@ -191,14 +192,14 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer mq.close()
-	ctrl = reconciler.NewController(reconciler.ControllerOptions{
+	ctrl := reconciler.NewController(reconciler.ControllerOptions{
 		Source: src, Docker: rt, DefaultName: name,
 		PollInterval: f.pollInterval, MinBackoff: f.minBackoff, MaxBackoff: f.maxBackoff,
 		ForcePrune:  f.forcePrune,
 		Apply:       reconciler.ApplyOptions{Parallelism: f.parallelism, StopTimeout: f.stopTimeout, IgnoreBusy: f.ignoreBusy},
 		BusyRecheck: f.busyRecheck,
 		Logger:      log,
-		OnRun:       func(r reconciler.Run) { srv.ObserveRun(r); reporter.observe(r, ctrl.Status()) },
+		OnRun:       func(r reconciler.Run) { srv.ObserveRun(r); reporter.observe(r, ctrlRef.Load().Status()) },
 		Events: func(ctx context.Context, labName string) <-chan runtime.Event {
 			errs := make(chan error, 1)
 			go func() {
@@ -216,6 +217,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		FlapLimit: &reconciler.FlapLimiter{Max: f.flapMax, Window: f.flapWindow},
 		AgentIdle: testflingerIdle,
 	})
+	ctrlRef.Store(ctrl)
 	mq.attach(ctrl)
 	srv = server.New(server.Options{
 		Status: ctrl, Trigger: ctrl.Trigger, Branch: f.git.branch,

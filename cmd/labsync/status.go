@@ -42,8 +42,12 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		enc.SetIndent("", "  ")
 		return enc.Encode(map[string]any{"status": sum, "objects": objects})
 	}
-	fmt.Fprintf(stdout, "Lab %s at %s: last pass %s %s ago; %d agent(s), %d service(s), %d drifted, %d not healthy\n",
-		sum.Lab, short(sum.Revision), orDash(sum.LastResult), time.Since(sum.LastRun).Round(time.Second), sum.Agents, sum.Services, sum.Drifted, sum.Unhealthy)
+	when := "no pass yet"
+	if !sum.LastRun.IsZero() {
+		when = fmt.Sprintf("last pass %s %s ago", sum.LastResult, time.Since(sum.LastRun).Round(time.Second))
+	}
+	fmt.Fprintf(stdout, "Lab %s at %s: %s; %d agent(s), %d service(s), %d drifted, %d not healthy\n",
+		sum.Lab, short(sum.Revision), when, sum.Agents, sum.Services, sum.Drifted, sum.Unhealthy)
 	if sum.Invalid != "" {
 		fmt.Fprintf(stdout, "Revision %s is invalid and not applied; the host stays at %s.\n", short(sum.Invalid), short(sum.LastGood))
 	}
