@@ -147,8 +147,10 @@ func Run(ctx context.Context, cfg Config) (int, error) {
 	s.writeHeartbeat()
 
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go s.ticker(ctx)
+	tickerDone := make(chan struct{})
+	go func() { defer close(tickerDone); s.ticker(ctx) }()
+	// Nothing is written after Run returns.
+	defer func() { cancel(); <-tickerDone }()
 
 	backoff := cfg.RestartMin
 	for {
