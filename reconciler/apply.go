@@ -289,6 +289,19 @@ func (a *applier) skipReason(act *Action) string {
 }
 
 func (a *applier) do(ctx context.Context, act *Action) (Status, error) {
+	// Changes that end a running agent wait for its job.
+	if act.Kind == Recreate || act.Kind == Remove || act.Kind == Stop {
+		if deferred, why := a.busy(ctx, act); deferred {
+			if act.Kind == Stop {
+				// The orphan keeps its device until the job ends; the
+				// agent that takes the device over waits too.
+				a.mu.Lock()
+				a.heldDevices[act.Old.Device] = act.Old.Name
+				a.mu.Unlock()
+			}
+			return StatusDeferred, errors.New(why)
+		}
+	}
 	switch act.Kind {
 	case CreateNetwork:
 		return done(a.eng.CreateNetwork(ctx, a.plan.Lab, *act.Network))
@@ -303,32 +316,18 @@ func (a *applier) do(ctx context.Context, act *Action) (Status, error) {
 	case RemoveNetwork:
 		return done(a.eng.RemoveNetwork(ctx, act.NetworkID))
 	case Remove:
-		if deferred, why := a.busy(ctx, act); deferred {
-			return StatusDeferred, errors.New(why)
-		}
 		return a.remove(ctx, act)
 	case Create:
 		return a.create(ctx, act)
 	case Start:
 		return a.start(ctx, act)
 	case Recreate:
-		if deferred, why := a.busy(ctx, act); deferred {
-			return StatusDeferred, errors.New(why)
-		}
 		return a.recreate(ctx, act)
 	case Restore:
 		return a.restore(ctx, act)
 	case Finish:
 		return a.finish(ctx, act)
 	case Stop:
-		// An orphan still running a job keeps its device until the job
-		// ends; the agent that takes the device over waits too.
-		if deferred, why := a.busy(ctx, act); deferred {
-			a.mu.Lock()
-			a.heldDevices[act.Old.Device] = act.Old.Name
-			a.mu.Unlock()
-			return StatusDeferred, errors.New(why)
-		}
 		// Stopped for good: restart policy "no", so a daemon restart does
 		// not bring it back next to the agent that took its device.
 		if err := a.eng.StopContainer(ctx, act.Old.ID, a.opts.StopTimeout); err != nil {
