@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -163,7 +164,7 @@ func (r *DriftReporter) Check(ctx context.Context, revision string, drifts []Dri
 		}
 	}
 	for fp := range r.st.Reported {
-		if _, still := current[fp]; !still && !containsFP(gone, fp) {
+		if _, still := current[fp]; !still && !slices.Contains(gone, fp) {
 			gone = append(gone, fp)
 		}
 	}
@@ -230,13 +231,4 @@ func (r *DriftReporter) save() error {
 		return err
 	}
 	return os.Rename(tmp, r.opts.StateFile)
-}
-
-func containsFP(list []string, fp string) bool {
-	for _, v := range list {
-		if v == fp {
-			return true
-		}
-	}
-	return false
 }

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"path"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 
@@ -566,7 +567,7 @@ func (l *Lab) checkDependencies(file string, st *Stack) {
 				l.d.errorf(file, s.Line, "service '%s' depends on '%s', which is not a service of this file", s.Name, dep)
 				continue
 			}
-			if !containsStr(dependencyConditions, d.Condition) {
+			if !slices.Contains(dependencyConditions, d.Condition) {
 				l.d.errorf(file, s.Line, "service '%s': depends_on condition %q; use service_started or service_healthy", s.Name, d.Condition)
 			}
 			if d.Condition == types.ServiceConditionCompletedSuccessfully {

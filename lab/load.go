@@ -12,6 +12,7 @@ import (
 	"io/fs"
 	"path"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 
@@ -171,7 +172,7 @@ func validRestart(r string) bool {
 	if hasCount {
 		return name == "on-failure" && strings.Trim(count, "0123456789") == "" && count != ""
 	}
-	return containsStr(restartPolicies, name)
+	return slices.Contains(restartPolicies, name)
 }
 
 var healthForms = []string{"CMD", "CMD-SHELL", "NONE"}
@@ -205,7 +206,7 @@ func (l *Lab) checkConfig(file string, root *yaml.Node) {
 	if p := c.ContainerPrefix; p != "" && !validName.MatchString(p) {
 		l.d.errorf(file, lineOf(file, "container_prefix", l), "'container_prefix' %q is not valid in a container name", p)
 	}
-	if hc := c.Agents.Healthcheck; hc != nil && len(hc.Test) > 0 && !containsStr(healthForms, hc.Test[0]) {
+	if hc := c.Agents.Healthcheck; hc != nil && len(hc.Test) > 0 && !slices.Contains(healthForms, hc.Test[0]) {
 		l.d.errorf(file, lineOf(file, "agents.healthcheck.test", l), "'agents.healthcheck.test' must start with CMD, CMD-SHELL or NONE, e.g. [CMD, labsync-agent, healthcheck]")
 	}
 	for net, a := range c.Agents.Networks {
@@ -654,13 +655,4 @@ func (l *Lab) digest() string {
 		h.Write(l.files[n])
 	}
 	return hex.EncodeToString(h.Sum(nil))
-}
-
-func containsStr(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -194,7 +195,7 @@ func NewController(opts ControllerOptions) *Controller {
 // exactly one more pass, whatever the number of triggers.
 func (c *Controller) Trigger(reason string) {
 	c.mu.Lock()
-	if len(c.pending) < 20 && !containsString(c.pending, reason) {
+	if len(c.pending) < 20 && !slices.Contains(c.pending, reason) {
 		c.pending = append(c.pending, reason)
 	}
 	c.mu.Unlock()
@@ -211,15 +212,6 @@ func (c *Controller) TriggerCleanSlate(reason string) {
 	c.cleanSlate = true
 	c.mu.Unlock()
 	c.Trigger(reason)
-}
-
-func containsString(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 // Status returns a copy of the controller's status.
@@ -305,7 +297,7 @@ func (c *Controller) Run(ctx context.Context) error {
 
 func (c *Controller) addPending(reason string) {
 	c.mu.Lock()
-	if !containsString(c.pending, reason) {
+	if !slices.Contains(c.pending, reason) {
 		c.pending = append(c.pending, reason)
 	}
 	c.mu.Unlock()

@@ -7,6 +7,7 @@ package testflinger
 import (
 	"fmt"
 	"net"
+	"slices"
 	"sort"
 	"strings"
 
@@ -256,7 +257,7 @@ func CheckAgentConf(root *yaml.Node) (AgentConf, []yamlcheck.Finding) {
 			fs = append(fs, yamlcheck.Errorf(n, "'job_queues' is empty; list at least one queue, usually the SUT name"))
 		}
 	}
-	if n := vals["logging_level"]; n != nil && kString.matches(n) && !contains(logLevels, strings.ToUpper(n.Value)) {
+	if n := vals["logging_level"]; n != nil && kString.matches(n) && !slices.Contains(logLevels, strings.ToUpper(n.Value)) {
 		fs = append(fs, yamlcheck.Errorf(n, "'logging_level' is %q; use one of %s", n.Value, strings.Join(logLevels, ", ")))
 	}
 	for _, k := range []string{"polling_interval", "global_timeout", "output_timeout", "output_bytes"} {
@@ -331,15 +332,6 @@ func CheckJob(root *yaml.Node) []yamlcheck.Finding {
 func misspelt(vals map[string]*yaml.Node, want string) bool {
 	for k := range vals {
 		if k != want && yamlcheck.Suggest(k, []string{want}) == want {
-			return true
-		}
-	}
-	return false
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
 			return true
 		}
 	}
