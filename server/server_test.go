@@ -117,7 +117,7 @@ func TestPullRequestWebhooksFromFixtures(t *testing.T) {
 	s := New(Options{Status: fixedStatus{}, Trigger: func(string) {}, Branch: "master", WebhookSecret: []byte("k"),
 		PullRequest: func(n int, head string, fork bool) { got = append(got, fmt.Sprintf("#%d %s fork=%v", n, head, fork)) }})
 	for _, f := range []string{"pull_request_opened", "pull_request_synchronize", "pull_request_reopened", "pull_request_closed"} {
-		body, err := os.ReadFile(filepath.Join("..", "..", "shared", "fixtures", "github-webhooks", f+".payload.json"))
+		body, err := os.ReadFile(filepath.Join("..", "testdata", "github-webhooks", f+".payload.json"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -141,7 +141,7 @@ func TestPullRequestIntoAnotherBranchIsIgnored(t *testing.T) {
 	called := false
 	s := New(Options{Status: fixedStatus{}, Trigger: func(string) {}, Branch: "main", WebhookSecret: []byte("k"),
 		PullRequest: func(int, string, bool) { called = true }})
-	body, _ := os.ReadFile(filepath.Join("..", "..", "shared", "fixtures", "github-webhooks", "pull_request_opened.payload.json"))
+	body, _ := os.ReadFile(filepath.Join("..", "testdata", "github-webhooks", "pull_request_opened.payload.json"))
 	w := do(s, http.MethodPost, "/hooks/github", string(body), map[string]string{"X-GitHub-Event": "pull_request", "X-Hub-Signature-256": Sign([]byte("k"), body)})
 	if w.Code != http.StatusAccepted || called || !strings.Contains(w.Body.String(), "not the tracked branch") {
 		t.Errorf("pull request into master with main tracked: %d %s, planned %v", w.Code, w.Body, called)

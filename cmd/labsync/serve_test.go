@@ -118,7 +118,7 @@ func (d *daemon) runs() []server.RunView {
 // secret.
 func pushHook(t testing.TB, url, secret, ref, delivery string) *http.Response {
 	t.Helper()
-	raw, err := os.ReadFile(filepath.Join(testenv.RepoRoot(), "..", "shared", "fixtures", "github-webhooks", "push_payload.json"))
+	raw, err := os.ReadFile(filepath.Join(testenv.RepoRoot(), "testdata", "github-webhooks", "push_payload.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -405,7 +405,7 @@ func TestServePollsForNewCommits(t *testing.T) {
 // prHook posts the real pull_request payload for number at head.
 func prHook(t *testing.T, url, secret string, number int, head, delivery string) {
 	t.Helper()
-	raw, err := os.ReadFile(filepath.Join(testenv.RepoRoot(), "..", "shared", "fixtures", "github-webhooks", "pull_request_opened.payload.json"))
+	raw, err := os.ReadFile(filepath.Join(testenv.RepoRoot(), "testdata", "github-webhooks", "pull_request_opened.payload.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
