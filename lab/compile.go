@@ -76,7 +76,7 @@ func Compile(l *Lab, opts CompileOptions) *Desired {
 		if !s.Enabled() {
 			continue
 		}
-		info := AgentInfo{Server: orDefault(l.Config.Testflinger.Server, s.Agent.ServerAddress)}
+		info := AgentInfo{Server: orDefault(l.Config.Testflinger.Server, s.Agent.ServerAddress), Queues: append([]string(nil), s.Agent.JobQueues...)}
 		if s.Job != nil {
 			info.JobTemplate = s.Job.Data
 		}

@@ -46,10 +46,13 @@ type Desired struct {
 	Agents map[string]AgentInfo
 }
 
-// AgentInfo is an agent's job template and Testflinger server.
+// AgentInfo is an agent's job template, queues and Testflinger server.
 type AgentInfo struct {
 	// JobTemplate is sut/<name>.yaml, empty when there is none.
 	JobTemplate []byte
+	// Queues are the job_queues of sut/<name>.conf: the only queues jobs
+	// submitted for this agent may name.
+	Queues []string
 	// Server is lab.yaml's testflinger.server, else the agent's
 	// server_address.
 	Server string
