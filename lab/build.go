@@ -2,6 +2,7 @@ package lab
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -88,25 +89,85 @@ func (l *Lab) loadBuild(where string, line int, name, dir, dockerfile string, ar
 		l.d.errorf(where, line, "build context %s has no %s; add it or point dockerfile: at the right file", dir, b.Dockerfile)
 		return nil
 	}
-	files, err := contextFiles(l.fsys, dir, b.Dockerfile)
+	// Services that share a context share its listing and digest: the
+	// context is read once.
+	key := buildKey(b)
+	if done, ok := l.builds[key]; ok {
+		if done == nil {
+			return nil // its error is already reported
+		}
+		shared := *done
+		shared.Name = name
+		return &shared
+	}
+	l.builds[key] = nil
+	files, err := l.contextFiles(dir, b.Dockerfile)
 	if err != nil {
-		l.d.errorf(where, line, "build context %s: %v", dir, err)
+		l.reportContextError(where, line, "build context "+dir, err)
 		return nil
 	}
 	b.Files = files
-	digest, err := contextDigest(l.fsys, b)
+	digest, err := l.contextDigest(b)
 	if err != nil {
-		l.d.errorf(where, line, "build context %s: %v", dir, err)
+		l.reportContextError(where, line, "build context "+dir, err)
 		return nil
 	}
 	b.Digest = digest
+	l.builds[key] = b
 	return b
 }
 
-// contextFiles lists the files of a build context, honouring .dockerignore
-// the way docker build does. The Dockerfile and .dockerignore are always
-// sent, as docker build needs them.
-func contextFiles(fsys fs.FS, dir, dockerfile string) ([]ContextFile, error) {
+func buildKey(b *BuildContext) string {
+	keys := make([]string, 0, len(b.Args))
+	for k := range b.Args {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "%s\x00%s", b.Dir, b.Dockerfile)
+	for _, k := range keys {
+		fmt.Fprintf(&sb, "\x00%s=%s", k, b.Args[k])
+	}
+	return sb.String()
+}
+
+// errBudget stops a walk of the repository once the read budget is spent;
+// the budget has reported it.
+var errBudget = errors.New("read budget spent")
+
+// reportContextError reports a failed walk or digest of a folder, unless
+// the budget or the context stopped it (reported elsewhere).
+func (l *Lab) reportContextError(where string, line int, what string, err error) {
+	if errors.Is(err, errBudget) || l.ctx.Err() != nil {
+		return
+	}
+	l.d.errorf(where, line, "%s: %v", what, err)
+}
+
+// listing is the cached result of contextFiles.
+type listing struct {
+	files []ContextFile
+	err   error
+}
+
+// contextFiles lists a folder's files as contextFilesOf does, once per
+// folder and Dockerfile, charging them to the read budget.
+func (l *Lab) contextFiles(dir, dockerfile string) ([]ContextFile, error) {
+	key := dir + "\x00" + dockerfile
+	if c, ok := l.listings[key]; ok {
+		return c.files, c.err
+	}
+	files, err := contextFilesOf(l.ctx, l.fsys, dir, dockerfile, func(rel string) bool { return l.spend(path.Join(dir, rel), 1, 0) })
+	l.listings[key] = listing{files, err}
+	return files, err
+}
+
+// contextFilesOf lists the files of a build context, honouring
+// .dockerignore the way docker build does. The Dockerfile and
+// .dockerignore are always sent, as docker build needs them. charge is
+// called for each file listed; the walk stops when it returns false or
+// ctx ends.
+func contextFilesOf(ctx context.Context, fsys fs.FS, dir, dockerfile string, charge func(rel string) bool) ([]ContextFile, error) {
 	var patterns []string
 	if data, err := fs.ReadFile(fsys, path.Join(dir, ".dockerignore")); err == nil {
 		patterns, err = ignorefile.ReadAll(bytes.NewReader(data))
@@ -124,6 +185,9 @@ func contextFiles(fsys fs.FS, dir, dockerfile string) ([]ContextFile, error) {
 	var total int64
 	err = fs.WalkDir(fsys, dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
 			return err
 		}
 		if p == dir {
@@ -163,6 +227,9 @@ func contextFiles(fsys fs.FS, dir, dockerfile string) ([]ContextFile, error) {
 		if total > MaxContextSize {
 			return fmt.Errorf("larger than %d MiB; exclude what the image does not need in .dockerignore", MaxContextSize>>20)
 		}
+		if !charge(rel) {
+			return errBudget
+		}
 		out = append(out, ContextFile{Path: rel, Mode: info.Mode(), Size: info.Size()})
 		return nil
 	})
@@ -173,7 +240,9 @@ func contextFiles(fsys fs.FS, dir, dockerfile string) ([]ContextFile, error) {
 	return out, nil
 }
 
-func contextDigest(fsys fs.FS, b *BuildContext) (string, error) {
+// contextDigest hashes a build context's files, charging their bytes to
+// the read budget.
+func (l *Lab) contextDigest(b *BuildContext) (string, error) {
 	h := sha256.New()
 	fmt.Fprintf(h, "dockerfile\x00%s\x00", b.Dockerfile)
 	keys := make([]string, 0, len(b.Args))
@@ -185,9 +254,15 @@ func contextDigest(fsys fs.FS, b *BuildContext) (string, error) {
 		fmt.Fprintf(h, "arg\x00%s=%s\x00", k, b.Args[k])
 	}
 	for _, f := range b.Files {
+		if err := l.ctx.Err(); err != nil {
+			return "", err
+		}
+		if !l.spend(path.Join(b.Dir, f.Path), 0, f.Size) {
+			return "", errBudget
+		}
 		exec := f.Mode.Perm()&0o111 != 0
 		fmt.Fprintf(h, "file\x00%s\x00%t\x00%d\x00", f.Path, exec, f.Size)
-		r, err := fsys.Open(path.Join(b.Dir, f.Path))
+		r, err := l.fsys.Open(path.Join(b.Dir, f.Path))
 		if err != nil {
 			return "", err
 		}

@@ -241,7 +241,7 @@ func (l *Lab) compileAgent(s *SUT) ContainerSpec {
 		if f == nil || dst == "" {
 			return
 		}
-		c.Files = append(c.Files, FileSpec{Path: dst, Mode: 0o644, Content: f.Data, Source: f.Path, Keys: f.Keys})
+		c.Files = append(c.Files, FileSpec{Path: dst, Mode: 0o644, Content: f.Data, Digest: f.Digest(), Source: f.Path, Keys: f.Keys})
 		c.Sources = append(c.Sources, f.Path)
 	}
 	addFile(s.Conf, vars["conf"])
@@ -318,7 +318,7 @@ func (l *Lab) compileService(svc *Service) ContainerSpec {
 		c.Env = copyMap(svc.Env)
 	}
 	for _, mf := range svc.Files {
-		c.Files = append(c.Files, FileSpec{Path: mf.Target, Mode: mf.Mode, Content: mf.File.Data, Source: mf.File.Path})
+		c.Files = append(c.Files, FileSpec{Path: mf.Target, Mode: mf.Mode, Content: mf.File.Data, Digest: mf.File.Digest(), Source: mf.File.Path})
 		c.Sources = append(c.Sources, mf.File.Path)
 	}
 	for _, v := range sc.Volumes {

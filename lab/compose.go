@@ -2,7 +2,6 @@ package lab
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"io/fs"
 	"path"
@@ -254,7 +253,7 @@ func (l *Lab) loadStack() {
 		return
 	}
 	dir := path.Dir(file)
-	project, err := loader.LoadWithContext(context.Background(), types.ConfigDetails{
+	project, err := loader.LoadWithContext(l.ctx, types.ConfigDetails{
 		WorkingDir:  path.Join("/lab", dir),
 		ConfigFiles: []types.ConfigFile{{Filename: file, Content: clean}},
 		Environment: types.Mapping{},
@@ -526,14 +525,20 @@ func (l *Lab) mountRepoPath(file string, svc *Service, rel, target string) {
 		return
 	}
 	add := func(p, t string, mode fs.FileMode) {
-		data, ok := l.readOptional(p)
-		if ok {
-			m := int64(0o644)
-			if mode.Perm()&0o111 != 0 {
-				m = 0o755
+		sf := l.mounted[p] // shared by every service that mounts it
+		if sf == nil {
+			data, ok := l.readOptional(p)
+			if !ok {
+				return
 			}
-			svc.Files = append(svc.Files, MountedFile{Target: t, Mode: m, File: &SourceFile{Path: p, Data: data}})
+			sf = &SourceFile{Path: p, Data: data}
+			l.mounted[p] = sf
 		}
+		m := int64(0o644)
+		if mode.Perm()&0o111 != 0 {
+			m = 0o755
+		}
+		svc.Files = append(svc.Files, MountedFile{Target: t, Mode: m, File: sf})
 	}
 	if !e.IsDir() {
 		var mode fs.FileMode
@@ -543,9 +548,9 @@ func (l *Lab) mountRepoPath(file string, svc *Service, rel, target string) {
 		add(rel, target, mode)
 		return
 	}
-	files, err := contextFiles(l.fsys, rel, "")
+	files, err := l.contextFiles(rel, "")
 	if err != nil {
-		l.d.errorf(file, svc.Line, "service '%s': bind mount source %s: %v", svc.Name, rel, err)
+		l.reportContextError(file, svc.Line, fmt.Sprintf("service '%s': bind mount source %s", svc.Name, rel), err)
 		return
 	}
 	for _, f := range files {

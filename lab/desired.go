@@ -23,8 +23,10 @@ const (
 const AsideSuffix = ".labsync-old"
 
 // SchemaVersion is stamped on every managed object; it changes when the
-// meaning of the spec hash changes.
-const SchemaVersion = "1"
+// meaning of the spec hash changes. Schema 1 hashed files by their content,
+// schema 2 by its SHA-256: containers made under schema 1 are compared
+// with LegacyHash, so an upgrade recreates nothing.
+const SchemaVersion = "2"
 
 // Desired is the state a lab's Docker host should be in.
 type Desired struct {
@@ -161,13 +163,31 @@ type ContainerSpec struct {
 	Fields map[string]string `json:"-"`
 }
 
-// FileSpec is a file copied into the container before it starts.
+// FileSpec is a file copied into the container before it starts. The spec
+// hash covers its path, mode and Digest, never the content itself: a
+// folder mounted by many services is hashed once.
 type FileSpec struct {
 	Path    string            `json:"path"`
 	Mode    int64             `json:"mode"`
-	Content []byte            `json:"content"`
+	Content []byte            `json:"-"`
+	Digest  string            `json:"digest"`
 	Source  string            `json:"-"`
 	Keys    map[string]string `json:"-"`
+	// legacy encodes the content itself, as schema 1 did.
+	legacy bool
+}
+
+// MarshalJSON encodes the file for the spec hash.
+func (f FileSpec) MarshalJSON() ([]byte, error) {
+	if f.legacy {
+		return json.Marshal(struct {
+			Path    string `json:"path"`
+			Mode    int64  `json:"mode"`
+			Content []byte `json:"content"`
+		}{f.Path, f.Mode, f.Content})
+	}
+	type plain FileSpec // without this method
+	return json.Marshal(plain(f))
 }
 
 // MountSpec is a bind mount of a host path or a named volume.
@@ -243,6 +263,23 @@ func (c *ContainerSpec) seal() {
 			c.Fields["file:"+id+"#"+k] = d
 		}
 	}
+}
+
+// LegacyHash is the spec hash as schema 1 computed it, with the files'
+// content in the encoding. Only containers made under schema 1 need it.
+func (c *ContainerSpec) LegacyHash() string {
+	old := *c
+	old.Files = make([]FileSpec, len(c.Files))
+	for i, f := range c.Files {
+		f.legacy = true
+		old.Files[i] = f
+	}
+	data, err := json.Marshal(&old)
+	if err != nil {
+		panic("lab: container spec does not encode: " + err.Error())
+	}
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:])
 }
 
 // sealNetwork and sealVolume hash network and volume specs.

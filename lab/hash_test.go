@@ -155,3 +155,23 @@ func TestFieldDigestsNameTheChangedKey(t *testing.T) {
 		t.Error("beta's hash changed with alpha's file")
 	}
 }
+
+// Containers made under schema 1 hashed files by content: LegacyHash gives
+// those hashes back (recorded from the schema-1 code), so an upgrade of
+// labsync recreates nothing.
+func TestLegacyHashMatchesSchema1(t *testing.T) {
+	want := map[string]string{
+		"mosquitto": "defefd94c94a3b9e3c9bbdb8d3d29bfff47c2574baa0a085d7efb120a57eed1c",
+		"redis":     "9ac150a5b32175df546489e284a9cd130782425038ba7a3b49688b3cea539304",
+		"alpha":     "83715f98367cc305ce68760569e6f70d4384098d78739a49b560647cb2a0c356",
+		"beta":      "ebaded02c3a8cc9daffa5bb5f6dd32fdde580f5a1fc53a364daab4436fbee9e5",
+	}
+	for _, c := range compileBase(t).Containers {
+		if got := c.LegacyHash(); got != want[c.Name] {
+			t.Errorf("%s: legacy hash %s, want %s", c.Name, got, want[c.Name])
+		}
+		if c.Hash == c.LegacyHash() && len(c.Files) > 0 {
+			t.Errorf("%s: schema-2 hash equals the legacy one", c.Name)
+		}
+	}
+}

@@ -5,6 +5,7 @@
 package lab
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -22,8 +23,19 @@ import (
 	"github.com/labsync/labsync/testflinger"
 )
 
-// MaxFileSize is the default bound on any file labsync reads from a lab.
-const MaxFileSize = 1 << 20
+// Default bounds on what loading a lab reads from its repository.
+const (
+	// MaxFileSize bounds any one file labsync reads from a lab.
+	MaxFileSize = 1 << 20
+	// MaxFiles bounds the files read or listed (SUT files, mounted
+	// files, build context files), each counted once.
+	MaxFiles = 10000
+	// MaxBytes bounds the bytes read, each file counted once.
+	MaxBytes = 256 << 20
+	// MaxDiagnosticsPerFile bounds the problems reported for one file;
+	// a last diagnostic counts the rest.
+	MaxDiagnosticsPerFile = 100
+)
 
 // LoadOptions tune Load.
 type LoadOptions struct {
@@ -32,6 +44,10 @@ type LoadOptions struct {
 	DefaultName string
 	// MaxFileSize bounds every file read; 0 means MaxFileSize.
 	MaxFileSize int64
+	// MaxFiles and MaxBytes bound everything read from the repository;
+	// 0 means MaxFiles and MaxBytes.
+	MaxFiles int
+	MaxBytes int64
 }
 
 // Lab is a loaded, validated lab repository.
@@ -47,11 +63,19 @@ type Lab struct {
 	Digest      string
 	Diagnostics Diagnostics
 
+	ctx     context.Context
 	fsys    fs.FS
 	maxSize int64
 	files   map[string][]byte
 	dirs    map[string][]fs.DirEntry
 	d       diags
+	budget  budget
+	// lines indexes the keys of files for line lookups; listings and
+	// builds cache what several services share.
+	lines    map[string]map[string]int
+	listings map[string]listing
+	builds   map[string]*BuildContext
+	mounted  map[string]*SourceFile
 }
 
 // SUT is one device under test: one agent container.
@@ -78,6 +102,17 @@ type SourceFile struct {
 	Path string
 	Data []byte
 	Keys map[string]string
+
+	digest string
+}
+
+// Digest returns the SHA-256 of the file's content, computed once.
+func (f *SourceFile) Digest() string {
+	if f.digest == "" {
+		sum := sha256.Sum256(f.Data)
+		f.digest = "sha256:" + hex.EncodeToString(sum[:])
+	}
+	return f.digest
 }
 
 // ImageSource is where an image comes from: a name, or a build context.
@@ -94,18 +129,39 @@ var validName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
 // with its warnings; when the repository has errors it returns a
 // *ValidationError that lists them all, and the partly loaded lab.
 func Load(fsys fs.FS, opts LoadOptions) (*Lab, error) {
-	l := &Lab{fsys: fsys, maxSize: opts.MaxFileSize, files: map[string][]byte{}, dirs: map[string][]fs.DirEntry{}}
+	return LoadContext(context.Background(), fsys, opts)
+}
+
+// LoadContext is Load under ctx: when ctx ends, loading stops at the next
+// read and returns ctx's error. Reading is bounded by opts (each file and
+// folder is read once, however many services use it) and YAML expansion
+// by yamlcheck's bounds, so any repository loads in bounded time and
+// memory.
+func LoadContext(ctx context.Context, fsys fs.FS, opts LoadOptions) (*Lab, error) {
+	l := &Lab{ctx: ctx, fsys: fsys, maxSize: opts.MaxFileSize, files: map[string][]byte{}, dirs: map[string][]fs.DirEntry{},
+		lines: map[string]map[string]int{}, listings: map[string]listing{}, builds: map[string]*BuildContext{}, mounted: map[string]*SourceFile{},
+		budget: budget{maxFiles: opts.MaxFiles, maxBytes: opts.MaxBytes}}
 	if l.maxSize <= 0 {
 		l.maxSize = MaxFileSize
 	}
-	l.loadConfig(opts.DefaultName)
-	l.loadSUTs()
-	l.loadStack()
-	l.loadAgentImage()
-	l.crossCheck()
+	if l.budget.maxFiles <= 0 {
+		l.budget.maxFiles = MaxFiles
+	}
+	if l.budget.maxBytes <= 0 {
+		l.budget.maxBytes = MaxBytes
+	}
+	for _, step := range []func(){func() { l.loadConfig(opts.DefaultName) }, l.loadSUTs, l.loadStack, l.loadAgentImage, l.crossCheck} {
+		if ctx.Err() != nil {
+			break
+		}
+		step()
+	}
 	l.Digest = l.digest()
 	l.d.list.sort()
-	l.Diagnostics = l.d.list
+	l.Diagnostics = l.d.list.capPerFile(MaxDiagnosticsPerFile)
+	if err := ctx.Err(); err != nil {
+		return l, fmt.Errorf("load lab: %w", err)
+	}
 	if l.Diagnostics.HasErrors() {
 		return l, &ValidationError{Diagnostics: l.Diagnostics}
 	}
@@ -139,29 +195,46 @@ func (l *Lab) loadConfig(defaultName string) {
 	}
 }
 
-// lineOf finds the line of a top-level key in a file already read; 0 when
+// lineOf finds the line of a dotted key in a file already read; 0 when
 // unknown. Used only for messages about values checked after decoding.
+// Each file is parsed and indexed once, however many messages it has.
 func lineOf(file, key string, l *Lab) int {
-	root, f := yamlcheck.Parse(l.files[file])
-	if f != nil || root == nil {
-		return 0
-	}
-	parts := strings.Split(key, ".")
-	n := root
-	line := 0
-	for _, part := range parts {
-		var next *yaml.Node
-		for _, p := range yamlcheck.Pairs(n) {
-			if p.Key == part {
-				next, line = p.Value, p.KeyN.Line
-			}
+	idx, ok := l.lines[file]
+	if !ok {
+		idx = map[string]int{}
+		if root, f := yamlcheck.Parse(l.files[file]); f == nil && root != nil {
+			indexLines(root, "", idx)
 		}
-		if next == nil {
+		l.lines[file] = idx
+	}
+	// The nearest key that exists: "agents.networks.lab" falls back to
+	// "agents.networks".
+	for k := key; k != ""; {
+		if line, ok := idx[k]; ok {
 			return line
 		}
-		n = next
+		i := strings.LastIndexByte(k, '.')
+		if i < 0 {
+			break
+		}
+		k = k[:i]
 	}
-	return line
+	return 0
+}
+
+// indexLines records the line of every key of the mappings below n, by
+// dotted path; a later key wins, as for duplicate keys in YAML.
+func indexLines(n *yaml.Node, prefix string, idx map[string]int) {
+	for _, p := range yamlcheck.Pairs(n) {
+		k := p.Key
+		if prefix != "" {
+			k = prefix + "." + k
+		}
+		idx[k] = p.KeyN.Line
+		if yamlcheck.IsMap(p.Value) {
+			indexLines(p.Value, k, idx)
+		}
+	}
 }
 
 var restartPolicies = []string{"no", "always", "unless-stopped", "on-failure"}
@@ -244,9 +317,9 @@ func (l *Lab) checkConfig(file string, root *yaml.Node) {
 	_ = root
 }
 
-func validEnvName(s string) bool {
-	return regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`).MatchString(s)
-}
+var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+func validEnvName(s string) bool { return envName.MatchString(s) }
 
 // safePath reports whether p is a relative slash path that stays inside the
 // repository.
@@ -276,6 +349,9 @@ func (l *Lab) entry(name string) (fs.DirEntry, error) {
 	dir := path.Dir(name)
 	ents, ok := l.dirs[dir]
 	if !ok {
+		if err := l.ctx.Err(); err != nil {
+			return nil, err
+		}
 		var err error
 		ents, err = fs.ReadDir(l.fsys, dir)
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -321,6 +397,12 @@ func (l *Lab) hasDiag(file string) bool {
 }
 
 func (l *Lab) readEntry(name string, e fs.DirEntry) ([]byte, bool) {
+	if data, ok := l.files[name]; ok {
+		return data, true
+	}
+	if l.ctx.Err() != nil {
+		return nil, false
+	}
 	if e.Type()&fs.ModeSymlink != 0 {
 		l.d.errorf(name, 0, "is a symbolic link; labsync does not follow links, commit the file itself")
 		return nil, false
@@ -336,6 +418,9 @@ func (l *Lab) readEntry(name string, e fs.DirEntry) ([]byte, bool) {
 	}
 	if info.Size() > l.maxSize {
 		l.d.errorf(name, 0, "is %d bytes, over the %d-byte limit for lab files; keep large data out of the lab repository", info.Size(), l.maxSize)
+		return nil, false
+	}
+	if !l.spend(name, 1, info.Size()) {
 		return nil, false
 	}
 	data, err := fs.ReadFile(l.fsys, name)
@@ -381,6 +466,9 @@ func (l *Lab) loadSUTs() {
 	}
 	ents, err := fs.ReadDir(l.fsys, dir)
 	if errors.Is(err, fs.ErrNotExist) {
+		return
+	}
+	if err == nil && !l.spend(dir, len(ents), 0) {
 		return
 	}
 	if err != nil {
@@ -522,25 +610,25 @@ func (l *Lab) crossCheck() {
 		}
 		if dev := normalizeDevice(s.DeviceIP); dev != "" && s.Enabled() {
 			if o := ips[dev]; o != nil {
-				l.d.errorf(s.Connector.Path, lineOfData(s.Connector.Data, "device_ip"), "device_ip %s is also used by %s; two agents must never drive one device", s.DeviceIP, o.Connector.Path)
+				l.d.errorf(s.Connector.Path, lineOf(s.Connector.Path, "device_ip", l), "device_ip %s is also used by %s; two agents must never drive one device", s.DeviceIP, o.Connector.Path)
 			} else {
 				ips[dev] = s
 			}
 		}
 		if s.Override != nil && s.OverrideFile != nil {
 			if img := s.Override.Image; img != "" && strings.ContainsAny(img, " \t") {
-				l.d.errorf(s.OverrideFile.Path, lineOfData(s.OverrideFile.Data, "image"), "'image' %q is not an image reference", img)
+				l.d.errorf(s.OverrideFile.Path, lineOf(s.OverrideFile.Path, "image", l), "'image' %q is not an image reference", img)
 			}
 			for k := range s.Override.Env {
 				if _, secret := l.Config.Agents.Secrets[k]; secret {
-					l.d.errorf(s.OverrideFile.Path, lineOfData(s.OverrideFile.Data, "env"), "env %s is a secret in lab.yaml (agents.secrets); a value here would replace it, so remove it", k)
+					l.d.errorf(s.OverrideFile.Path, lineOf(s.OverrideFile.Path, "env", l), "env %s is a secret in lab.yaml (agents.secrets); a value here would replace it, so remove it", k)
 				} else if !validEnvName(k) {
-					l.d.errorf(s.OverrideFile.Path, lineOfData(s.OverrideFile.Data, "env"), "env key %q is not a valid environment variable name", k)
+					l.d.errorf(s.OverrideFile.Path, lineOf(s.OverrideFile.Path, "env", l), "env key %q is not a valid environment variable name", k)
 				}
 			}
 			for net := range s.Override.Networks {
 				if !l.hasNetwork(net) {
-					l.d.errorf(s.OverrideFile.Path, lineOfData(s.OverrideFile.Data, "networks"), "network %q is not defined in the stack; define it under networks: in %s", net, l.stackFileOr())
+					l.d.errorf(s.OverrideFile.Path, lineOf(s.OverrideFile.Path, "networks", l), "network %q is not defined in the stack; define it under networks: in %s", net, l.stackFileOr())
 				}
 			}
 		}
@@ -605,7 +693,7 @@ func (l *Lab) checkAddresses() {
 		}
 		for _, key := range sortedKeys(s.Override.Networks) {
 			if ip := s.Override.Networks[key].IPv4Address; ip != "" {
-				claim(key, ip, s.OverrideFile.Path, lineOfData(s.OverrideFile.Data, "networks"), "agent '"+s.Name+"'")
+				claim(key, ip, s.OverrideFile.Path, lineOf(s.OverrideFile.Path, "networks", l), "agent '"+s.Name+"'")
 			}
 		}
 	}
@@ -627,20 +715,6 @@ func (l *Lab) hasNetwork(name string) bool {
 	}
 	_, ok := l.Stack.Networks[name]
 	return ok
-}
-
-// lineOfData finds the line of a top-level key in YAML data; 0 when absent.
-func lineOfData(data []byte, key string) int {
-	root, f := yamlcheck.Parse(data)
-	if f != nil {
-		return 0
-	}
-	for _, p := range yamlcheck.Pairs(root) {
-		if p.Key == key {
-			return p.KeyN.Line
-		}
-	}
-	return 0
 }
 
 func (l *Lab) digest() string {

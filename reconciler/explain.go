@@ -16,7 +16,7 @@ const specChanged = "spec changed"
 // nil when it does not.
 func explain(obs *runtime.ObservedContainer, spec *lab.ContainerSpec, images map[string]string) []string {
 	var reasons []string
-	if obs.Hash != spec.Hash {
+	if !sameSpec(obs, spec) {
 		reasons = diffFields(obs.Fields, spec.Fields, obs, spec)
 		if len(reasons) == 0 {
 			reasons = []string{specChanged}
@@ -28,6 +28,16 @@ func explain(obs *runtime.ObservedContainer, spec *lab.ContainerSpec, images map
 		}
 	}
 	return reasons
+}
+
+// sameSpec reports whether a container was made from spec: its hash label
+// is the spec hash, or the schema-1 hash for a container made before the
+// spec hash covered file digests instead of content.
+func sameSpec(obs *runtime.ObservedContainer, spec *lab.ContainerSpec) bool {
+	if obs.Hash == spec.Hash {
+		return true
+	}
+	return obs.Schema == "1" && obs.Hash == spec.LegacyHash()
 }
 
 func shortID(id string) string {

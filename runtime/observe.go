@@ -27,11 +27,13 @@ type Observed struct {
 
 // ObservedContainer is one managed container.
 type ObservedContainer struct {
-	ID       string
-	Name     string
-	Kind     lab.Kind
-	Object   string
-	Hash     string
+	ID     string
+	Name   string
+	Kind   lab.Kind
+	Object string
+	Hash   string
+	// Schema is the lab.SchemaVersion the container was made under.
+	Schema   string
 	Fields   map[string]string
 	Revision string
 	// State is Docker's: created, running, paused, restarting, exited, dead.
@@ -123,6 +125,7 @@ func observedContainer(s container.Summary) ObservedContainer {
 		Kind:     lab.Kind(s.Labels[LabelKind]),
 		Object:   s.Labels[LabelObject],
 		Hash:     s.Labels[LabelHash],
+		Schema:   s.Labels[LabelSchema],
 		Revision: s.Labels[LabelRevision],
 		State:    string(s.State),
 		Status:   s.Status,

@@ -47,7 +47,11 @@ func line(n *yaml.Node) int {
 var yamlLine = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
 
 // Parse decodes data into a document node. An empty document gives a nil
-// node and no finding. A document with several YAML documents is refused.
+// node and no finding. A document with several YAML documents is refused,
+// and so is one whose aliases include themselves, expand past
+// MaxAliasNodes, nest deeper than MaxDepth or hold a mapping of more than
+// MaxMappingKeys keys: every node tree Parse returns can be walked and
+// decoded, aliases followed, in bounded time and memory.
 func Parse(data []byte) (*yaml.Node, *Finding) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
@@ -69,6 +73,9 @@ func Parse(data []byte) (*yaml.Node, *Finding) {
 	}
 	if len(doc.Content) == 0 {
 		return nil, nil
+	}
+	if f := checkBounds(doc.Content[0]); f != nil {
+		return nil, f
 	}
 	return doc.Content[0], nil
 }
