@@ -11,9 +11,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/labsync/labsync/internal/redact"
 )
 
 // Config configures a supervisor.
@@ -25,7 +28,13 @@ type Config struct {
 	AgentID string
 	// Command is the agent's command line.
 	Command []string
-	Env     []string
+	// Env is added to the agent's environment: labsync-agent's own, less
+	// its settings (LABSYNC_AGENT_* and LABSYNC_SUT).
+	Env []string
+	// Secrets are values hidden (as ***) in every output line, besides the
+	// shapes internal/redact finds; values shorter than 4 characters are
+	// ignored.
+	Secrets []string
 	// Stdout receives every output line (default os.Stdout).
 	Stdout io.Writer
 	// LogFile, when set, also receives every line; it rotates at
@@ -112,6 +121,8 @@ type supervisor struct {
 	out  io.Writer
 	pub  *publisher
 	file *RotatingFile
+	// redact hides secrets in each output line before it goes anywhere.
+	redact *redact.Redactor
 
 	outMu sync.Mutex // serialises output lines
 
@@ -133,7 +144,7 @@ func Run(ctx context.Context, cfg Config) (int, error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o755); err != nil {
 		return 1, fmt.Errorf("state folder: %w", err)
 	}
-	s := &supervisor{cfg: cfg, log: cfg.Logger}
+	s := &supervisor{cfg: cfg, log: cfg.Logger, redact: redact.New(cfg.Secrets...)}
 	s.hb = Heartbeat{SUT: cfg.SUT, State: StateStarting, Since: time.Now(), Interval: cfg.StatusInterval}
 	s.out = cfg.Stdout
 	if cfg.LogFile != "" {
@@ -216,6 +227,21 @@ func Run(ctx context.Context, cfg Config) (int, error) {
 	}
 }
 
+// agentEnviron returns environ without labsync-agent's own settings
+// (LABSYNC_AGENT_*, LABSYNC_SUT): the agent needs none of them, and they
+// include the MQTT password.
+func agentEnviron(environ []string) []string {
+	out := make([]string, 0, len(environ))
+	for _, e := range environ {
+		name, _, _ := strings.Cut(e, "=")
+		if strings.HasPrefix(name, "LABSYNC_AGENT_") || name == "LABSYNC_SUT" {
+			continue
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
 // describeExit turns an exit status into words.
 func describeExit(code int) string {
 	if code > 128 {
@@ -233,7 +259,7 @@ func (s *supervisor) runOnce(ctx context.Context) (code int, ran time.Duration, 
 	}
 	cmd := exec.Command(s.cfg.Command[0], s.cfg.Command[1:]...)
 	cmd.Stdout, cmd.Stderr = pw, pw
-	cmd.Env = append(os.Environ(), s.cfg.Env...)
+	cmd.Env = append(agentEnviron(os.Environ()), s.cfg.Env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
@@ -375,7 +401,10 @@ func (s *supervisor) pump(r io.Reader) {
 // emit writes a line of the supervisor's own into the agent's output.
 func (s *supervisor) emit(line string) { s.handleLine(line) }
 
+// handleLine redacts a line once, then sends it everywhere: stdout, the
+// log file, MQTT, and the job tracking that publishes job ids.
 func (s *supervisor) handleLine(line string) {
+	line = s.redact.String(line)
 	s.outMu.Lock()
 	defer s.outMu.Unlock()
 	b := []byte(line + "\n")

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -24,6 +25,8 @@ import (
 	"github.com/go-git/go-git/v5/plumbing/transport"
 	githttp "github.com/go-git/go-git/v5/plumbing/transport/http"
 	gitssh "github.com/go-git/go-git/v5/plumbing/transport/ssh"
+
+	"github.com/labsync/labsync/internal/redact"
 )
 
 // Auth holds the credentials for a remote. Secrets are read by the caller
@@ -43,7 +46,9 @@ type Auth struct {
 // Options configure a Source.
 type Options struct {
 	// URL is the remote: https://, http://, ssh://, user@host:path,
-	// file:// or a local path.
+	// file:// or a local path. Credentials in it (https://user:token@host)
+	// are moved into Auth, where Auth's own fields win; the URL is kept
+	// and shown without them.
 	URL string
 	// Branch is the tracked branch (default main).
 	Branch string
@@ -78,12 +83,30 @@ func Open(opts Options) (*Source, error) {
 	if opts.CacheDir == "" {
 		return nil, errors.New("git source: no cache folder")
 	}
+	raw := opts.URL
+	clean, user, password, err := splitCredentials(raw)
+	if err != nil {
+		return nil, err
+	}
+	opts.URL = clean
+	if opts.Auth.Username == "" {
+		opts.Auth.Username = user
+	}
+	if opts.Auth.Password == "" {
+		opts.Auth.Password = password
+	}
 	auth, err := authMethod(opts)
 	if err != nil {
 		return nil, err
 	}
-	sum := sha256.Sum256([]byte(opts.URL))
-	dir := filepath.Join(opts.CacheDir, hex.EncodeToString(sum[:8])+".git")
+	dir := cacheDir(opts.CacheDir, clean)
+	if raw != clean {
+		// Earlier versions named the cache after the URL with its
+		// credentials and wrote them into its config.
+		if err := os.RemoveAll(cacheDir(opts.CacheDir, raw)); err != nil {
+			return nil, fmt.Errorf("git cache: remove a cache made with credentials in its URL: %w", err)
+		}
+	}
 	repo, err := git.PlainOpen(dir)
 	if errors.Is(err, git.ErrRepositoryNotExists) {
 		if err := os.MkdirAll(opts.CacheDir, 0o700); err != nil {
@@ -102,11 +125,58 @@ func Open(opts Options) (*Source, error) {
 	return &Source{opts: opts, auth: auth, repo: repo}, nil
 }
 
+// cacheDir is the cache folder of remote inside base.
+func cacheDir(base, remote string) string {
+	sum := sha256.Sum256([]byte(remote))
+	return filepath.Join(base, hex.EncodeToString(sum[:8])+".git")
+}
+
+// splitCredentials removes the credentials from a scheme://user:pass@host
+// URL and returns them. For http(s) the whole user part goes (a token
+// alone is common there); for other schemes only the password does, and
+// the user (ssh's login) stays. Anything else is returned unchanged.
+// Errors never show the URL's credentials.
+func splitCredentials(raw string) (clean, user, password string, err error) {
+	i := strings.Index(raw, "://")
+	if i < 0 {
+		return raw, "", "", nil
+	}
+	scheme, rest := strings.ToLower(raw[:i]), raw[i+3:]
+	authority := rest
+	if end := strings.IndexAny(rest, "/?#"); end >= 0 {
+		authority = rest[:end]
+	}
+	at := strings.LastIndex(authority, "@")
+	if at < 0 {
+		return raw, "", "", nil
+	}
+	userinfo, hostAndPath := authority[:at], rest[at+1:]
+	u, p, hasPassword := strings.Cut(userinfo, ":")
+	if user, err = url.PathUnescape(u); err == nil {
+		password, err = url.PathUnescape(p)
+	}
+	if err != nil {
+		return "", "", "", fmt.Errorf("git source: repository URL %s: the user part is not valid URL escaping", Redact(raw))
+	}
+	switch {
+	case scheme == "http" || scheme == "https":
+		return raw[:i+3] + hostAndPath, user, password, nil
+	case hasPassword:
+		return raw[:i+3] + u + "@" + hostAndPath, "", password, nil
+	}
+	return raw, "", "", nil
+}
+
 func authMethod(o Options) (transport.AuthMethod, error) {
 	a := o.Auth
 	ep, err := transport.NewEndpoint(o.URL)
 	if err != nil {
-		return nil, fmt.Errorf("git source: repository URL: %w", err)
+		// A parse error quotes the URL: name it redacted instead.
+		var uerr *url.Error
+		if errors.As(err, &uerr) {
+			err = uerr.Err
+		}
+		return nil, fmt.Errorf("git source: repository URL %s: %s", Redact(o.URL), redact.String(err.Error()))
 	}
 	switch ep.Protocol {
 	case "ssh":
@@ -146,14 +216,20 @@ func authMethod(o Options) (transport.AuthMethod, error) {
 // Branch returns the tracked branch.
 func (s *Source) Branch() string { return s.opts.Branch }
 
-// URL returns the remote's URL with any credentials in it removed.
-func (s *Source) URL() string { return Redact(s.opts.URL) }
+// URL returns the remote's URL without credentials: the URL the cache
+// uses, and the one to show.
+func (s *Source) URL() string { return s.opts.URL }
 
 // Redact removes a password or token from a URL for display.
 func Redact(u string) string {
 	if i := strings.Index(u, "://"); i >= 0 {
 		rest := u[i+3:]
-		if at := strings.Index(rest, "@"); at >= 0 && at < strings.IndexAny(rest+"/", "/") {
+		authority := rest
+		if end := strings.IndexAny(rest, "/?#"); end >= 0 {
+			authority = rest[:end]
+		}
+		// The last @ of the authority: a password may hold an unescaped @.
+		if at := strings.LastIndex(authority, "@"); at >= 0 {
 			return u[:i+3] + "***@" + rest[at+1:]
 		}
 	}

@@ -141,9 +141,11 @@ func TestPullRequestRef(t *testing.T) {
 
 func TestRedact(t *testing.T) {
 	for in, want := range map[string]string{
-		"https://user:tok@github.com/org/lab.git": "https://***@github.com/org/lab.git",
-		"https://github.com/org/lab.git":          "https://github.com/org/lab.git",
-		"git@github.com:org/lab.git":              "git@github.com:org/lab.git",
+		"https://user:tok@github.com/org/lab.git":  "https://***@github.com/org/lab.git",
+		"https://github.com/org/lab.git":           "https://github.com/org/lab.git",
+		"git@github.com:org/lab.git":               "git@github.com:org/lab.git",
+		"https://user:p@ss@github.com/org/lab.git": "https://***@github.com/org/lab.git",
+		"https://github.com/org/lab.git?u=a@b":     "https://github.com/org/lab.git?u=a@b",
 	} {
 		if got := gitsource.Redact(in); got != want {
 			t.Errorf("Redact(%s) = %s", in, got)

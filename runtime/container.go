@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -124,6 +125,9 @@ func (c *Client) containerConfig(spec *lab.ContainerSpec, opts CreateOptions) (*
 		}
 		env = append(env, k+"="+v)
 	}
+	if spec.Kind == lab.KindAgent && len(spec.Secrets) > 0 {
+		env = agentSecretEnv(env, spec)
+	}
 	sort.Strings(env)
 	cfg := &container.Config{
 		Image:      spec.Image,
@@ -186,6 +190,30 @@ func (c *Client) containerConfig(spec *lab.ContainerSpec, opts CreateOptions) (*
 		netcfg.EndpointsConfig = map[string]*network.EndpointSettings{first.Network: endpoint(first)}
 	}
 	return cfg, host, netcfg, nil
+}
+
+// AgentSecretEnv names, for labsync-agent, the variables of an agent
+// container that hold secrets, so it hides their values in the agent's
+// output. It is added at create and is not part of the spec hash.
+const AgentSecretEnv = "LABSYNC_AGENT_SECRET_ENV"
+
+// agentSecretEnv adds AgentSecretEnv, listing spec's secret variables
+// (and any the lab's env already listed there), to env.
+func agentSecretEnv(env []string, spec *lab.ContainerSpec) []string {
+	names := make([]string, 0, len(spec.Secrets))
+	for k := range spec.Secrets {
+		names = append(names, k)
+	}
+	if v, ok := spec.Env[AgentSecretEnv]; ok {
+		env = slices.DeleteFunc(env, func(e string) bool { return strings.HasPrefix(e, AgentSecretEnv+"=") })
+		for _, n := range strings.Split(v, ",") {
+			if n = strings.TrimSpace(n); n != "" {
+				names = append(names, n)
+			}
+		}
+	}
+	sort.Strings(names)
+	return append(env, AgentSecretEnv+"="+strings.Join(slices.Compact(names), ","))
 }
 
 func restartPolicy(s string) container.RestartPolicy {

@@ -15,12 +15,15 @@ import (
 	"github.com/docker/docker/api/types/build"
 	"github.com/docker/docker/pkg/jsonmessage"
 
+	"github.com/labsync/labsync/internal/redact"
 	"github.com/labsync/labsync/lab"
 )
 
 // BuildImage builds img from its repository context with the classic
 // builder, which needs no registry for FROM scratch or local base images.
-// Progress goes to the logger line by line.
+// Progress goes to the logger line by line. Every line and the engine's
+// error are redacted once, here, before they are logged or carried in the
+// error: build steps may print secrets.
 func (c *Client) BuildImage(ctx context.Context, labName string, img lab.ImageSpec) error {
 	b := img.Context
 	pr, pw := io.Pipe()
@@ -61,10 +64,11 @@ func (c *Client) BuildImage(ctx context.Context, labName string, img lab.ImageSp
 			return fmt.Errorf("build %s: read progress: %w", img.Tag, err)
 		}
 		if m.Error != nil {
-			return fmt.Errorf("build %s: %s%s", img.Tag, m.Error.Message, tailNote(last))
+			return fmt.Errorf("build %s: %s%s", img.Tag, redact.String(m.Error.Message), tailNote(last))
 		}
 		for _, line := range strings.Split(strings.TrimRight(m.Stream, "\n"), "\n") {
 			if line = strings.TrimSpace(line); line != "" {
+				line = redact.String(line)
 				log.Info("build", "line", line)
 				last = append(last, line)
 				if len(last) > 5 {
@@ -77,6 +81,7 @@ func (c *Client) BuildImage(ctx context.Context, labName string, img lab.ImageSp
 	return nil
 }
 
+// tailNote renders the last build lines, already redacted, for an error.
 func tailNote(lines []string) string {
 	if len(lines) == 0 {
 		return ""

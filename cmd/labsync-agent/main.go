@@ -78,7 +78,7 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	fs.SetOutput(stderr)
 	host, _ := os.Hostname()
 	var cfg agent.Config
-	var passwordFile, logLevel string
+	var passwordFile, logLevel, secretEnv string
 	var logMax string
 	fs.StringVar(&cfg.SUT, "sut", env("LABSYNC_SUT", host), "SUT name: prefix of the MQTT topics (env LABSYNC_SUT; default: the host name)")
 	fs.StringVar(&cfg.AgentID, "agent-id", env("LABSYNC_AGENT_ID", ""), "testflinger-agent's agent_id, for its marker files (default: the SUT name)")
@@ -97,6 +97,7 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	fs.IntVar(&cfg.CrashLimit, "crash-limit", 5, "crashes within --crash-window that make the agent crash-looping (unhealthy)")
 	fs.DurationVar(&cfg.CrashWindow, "crash-window", 5*time.Minute, "window of --crash-limit")
 	fs.DurationVar(&cfg.StopTimeout, "stop-timeout", 8*time.Second, "time the agent has to exit on SIGTERM before it is killed; keep it below Docker's stop timeout (10s)")
+	fs.StringVar(&secretEnv, "secret-env", env("LABSYNC_AGENT_SECRET_ENV", ""), "comma-separated environment variables whose values are hidden in the agent's output (env LABSYNC_AGENT_SECRET_ENV, which labsync sets to the agent's secrets)")
 	fs.StringVar(&logLevel, "log-level", "info", "level of labsync-agent's own log on stderr")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -125,6 +126,7 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	} else {
 		cfg.MQTT.Password = os.Getenv("LABSYNC_AGENT_MQTT_PASSWORD")
 	}
+	cfg.Secrets = secretValues(secretEnv, cfg.MQTT.Password)
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(logLevel)); err != nil {
 		fmt.Fprintf(stderr, "labsync-agent run: --log-level %q\n", logLevel)
@@ -141,6 +143,18 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintf(stderr, "labsync-agent: %v\n", err)
 	}
 	return code
+}
+
+// secretValues returns the values of the variables named in names
+// (comma-separated), and extra, for the output to hide.
+func secretValues(names string, extra ...string) []string {
+	values := extra
+	for _, name := range strings.Split(names, ",") {
+		if name = strings.TrimSpace(name); name != "" {
+			values = append(values, os.Getenv(name))
+		}
+	}
+	return values
 }
 
 func parseSize(s string) (int64, error) {

@@ -23,7 +23,7 @@ type gitFlags struct {
 }
 
 func (g *gitFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&g.repo, "repo", os.Getenv("LABSYNC_REPO"), "lab repository URL (https://, ssh://, user@host:path, file:// or a path); replaces PATH (env: LABSYNC_REPO)")
+	fs.StringVar(&g.repo, "repo", os.Getenv("LABSYNC_REPO"), "lab repository URL (https://, ssh://, user@host:path, file:// or a path); replaces PATH. Credentials in it (https://user:token@host/...) are used from memory only, never written or shown; --git-username and --git-password-file win over them (env: LABSYNC_REPO)")
 	fs.StringVar(&g.rev, "rev", "", "with --repo: revision to use, a commit, branch, tag or full ref such as refs/pull/7/head (default: the tracked branch's head)")
 	fs.StringVar(&g.branch, "branch", envOr("LABSYNC_BRANCH", "main"), "with --repo: tracked branch (env: LABSYNC_BRANCH)")
 	fs.StringVar(&g.cacheDir, "cache-dir", os.Getenv("LABSYNC_CACHE_DIR"), "with --repo: folder of the git cache (default: the user cache folder; env: LABSYNC_CACHE_DIR)")
@@ -107,8 +107,14 @@ func (g *gitFlags) checkout(ctx context.Context) (fs.FS, string, string, error) 
 	if err != nil {
 		return nil, "", "", err
 	}
-	name := strings.TrimSuffix(path.Base(strings.TrimRight(strings.ReplaceAll(g.repo, ":", "/"), "/")), ".git")
-	return tree, commit, name, nil
+	return tree, commit, repoName(src.URL()), nil
+}
+
+// repoName is the default lab name of a repository URL: its last path
+// element without .git. Credentials in the URL never make it in.
+func repoName(url string) string {
+	base := path.Base(strings.TrimRight(strings.ReplaceAll(gitsource.Redact(url), ":", "/"), "/"))
+	return strings.TrimSuffix(strings.TrimPrefix(base, "***@"), ".git")
 }
 
 var errPathAndRepo = errors.New("give either PATH or --repo, not both")

@@ -1,0 +1,4 @@
+package gitsource
+
+// SplitCredentials exposes splitCredentials to the tests.
+var SplitCredentials = splitCredentials
