@@ -3,6 +3,7 @@ package mqttbus
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -18,7 +19,7 @@ import (
 type Controller interface {
 	Status() reconciler.LabStatus
 	Trigger(reason string)
-	RestartAgent(ctx context.Context, name string) error
+	RestartAgent(ctx context.Context, name string, force bool) error
 	Emit(e reconciler.Event)
 }
 
@@ -127,10 +128,12 @@ func (b *Bridge) Event(e reconciler.Event) {
 	b.bus.Publish(b.bus.Prefix()+"/events", data, 1)
 }
 
-func (b *Bridge) errorEvent(object, format string, args ...any) {
+// errorEvent logs a refused or failed command or submission and publishes
+// it as an error event of type typ.
+func (b *Bridge) errorEvent(typ, object, format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
 	b.log.Warn("mqtt: refused", "object", object, "reason", msg)
-	b.opts.Controller.Emit(reconciler.Event{Type: "command", Object: object, Message: msg, Error: true})
+	b.opts.Controller.Emit(reconciler.Event{Type: typ, Object: object, Message: msg, Error: true})
 }
 
 func (b *Bridge) onCommand(topic string, payload []byte) {
@@ -140,21 +143,33 @@ func (b *Bridge) onCommand(topic string, payload []byte) {
 		b.opts.Controller.Trigger("mqtt: sync")
 		b.opts.Controller.Emit(reconciler.Event{Type: "command", Message: "sync requested over MQTT"})
 	default:
-		b.errorEvent("", "unknown command %q on %s; known: %s/cmd/sync, %s/agents/<name>/cmd restart", clip(cmd), clip(topic), b.bus.Prefix(), b.bus.Prefix())
+		b.errorEvent("command", "", "unknown command %q on %s; known: %s/cmd/sync, %s/agents/<name>/cmd restart [--force]", clip(cmd), clip(topic), b.bus.Prefix(), b.bus.Prefix())
 	}
 }
 
+// onAgentCommand handles <prefix>/agents/<name>/cmd: "restart", refused
+// while the agent runs a job, or "restart --force".
 func (b *Bridge) onAgentCommand(topic string, payload []byte) {
 	name := strings.TrimSuffix(strings.TrimPrefix(topic, b.bus.Prefix()+"/agents/"), "/cmd")
-	cmd := strings.TrimSpace(string(payload))
-	if cmd != "restart" {
-		b.errorEvent("agent/"+clip(name), "unknown agent command %q; known: restart", clip(cmd))
+	cmd := strings.Join(strings.Fields(string(payload)), " ")
+	var force bool
+	switch cmd {
+	case "restart":
+	case "restart --force":
+		force = true
+	default:
+		b.errorEvent("command", "agent/"+clip(name), "unknown agent command %q; known: restart, restart --force", clip(cmd))
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := b.opts.Controller.RestartAgent(ctx, name); err != nil {
-		b.errorEvent("agent/"+clip(name), "restart: %v", err)
+	err := b.opts.Controller.RestartAgent(ctx, name, force)
+	var busy *reconciler.AgentBusyError
+	switch {
+	case errors.As(err, &busy):
+		b.errorEvent("command", "agent/"+clip(name), "restart refused: %v; publish \"restart --force\" to restart it anyway", err)
+	case err != nil:
+		b.errorEvent("command", "agent/"+clip(name), "restart: %v", err)
 	}
 }
 
@@ -182,13 +197,13 @@ func (b *Bridge) onSubmit(topic string, payload []byte) {
 	}
 	info, ok := st.Desired.Agents[sut]
 	if !ok {
-		b.errorEvent("agent/"+clip(sut), "submit for %q ignored: no such agent in lab %s", clip(sut), st.Lab)
+		b.errorEvent("submit", "agent/"+clip(sut), "submit for %q ignored: no such agent in lab %s", clip(sut), st.Lab)
 		return
 	}
-	job, err := ParseSubmit(sut, payload, info.JobTemplate)
+	job, err := ParseSubmit(sut, payload, info.JobTemplate, info.Queues)
 	if err != nil {
 		b.status(sut, SubmitStatus{State: "error", Error: err.Error()})
-		b.errorEvent("agent/"+sut, "submit refused: %v", err)
+		b.errorEvent("submit", "agent/"+sut, "submit refused: %v", err)
 		return
 	}
 	if info.Server == "" {
@@ -208,7 +223,7 @@ func (b *Bridge) onSubmit(topic string, payload []byte) {
 	cancel()
 	if err != nil {
 		b.status(sut, SubmitStatus{State: "error", Error: err.Error()})
-		b.errorEvent("agent/"+sut, "submit failed: %v", err)
+		b.errorEvent("submit", "agent/"+sut, "submit failed: %v", err)
 		return
 	}
 	b.log.Info("job submitted", "sut", sut, "job_id", id)

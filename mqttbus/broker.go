@@ -1,46 +1,95 @@
 package mqttbus
 
 import (
+	"crypto/rand"
 	"fmt"
 	"log/slog"
 	"net"
+	"sync/atomic"
 
 	mochi "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/hooks/auth"
 	"github.com/mochi-mqtt/server/v2/listeners"
 )
+
+// DefaultMaxPacketSize bounds the packets of the embedded broker unless
+// BrokerOptions say otherwise.
+const DefaultMaxPacketSize = 1 << 20
+
+// BrokerOptions configure the embedded broker.
+type BrokerOptions struct {
+	// Addr is host:port; port 0 picks one.
+	Addr string
+	// MaxPacketSize bounds every packet a client sends (default 1 MiB); a
+	// client that sends a bigger one is disconnected.
+	MaxPacketSize uint32
+	// Users may publish commands and job submissions; everyone else may
+	// only read.
+	Users  Users
+	Logger *slog.Logger
+}
 
 // Broker is the embedded MQTT broker labsync serve starts when no broker is
 // configured, so status works on a fresh machine.
 type Broker struct {
-	srv  *mochi.Server
-	addr string
+	srv              *mochi.Server
+	addr             string
+	internalUser     string
+	internalPassword string
+	prefix           atomic.Pointer[string]
 }
 
-// StartBroker listens on addr (host:port; port 0 picks one) and serves MQTT
-// to anyone who reaches it: put it on a trusted network, or use a real
-// broker with ACLs.
-func StartBroker(addr string, log *slog.Logger) (*Broker, error) {
+// StartBroker listens on o.Addr and serves MQTT: everyone may read, only
+// o.Users may publish commands and submissions, and labsync's own client
+// (Credentials) anything.
+func StartBroker(o BrokerOptions) (*Broker, error) {
+	log := o.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	ln, err := net.Listen("tcp", addr)
+	if o.MaxPacketSize == 0 {
+		o.MaxPacketSize = DefaultMaxPacketSize
+	}
+	ln, err := net.Listen("tcp", o.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("embedded broker: %w", err)
 	}
 	real := ln.Addr().String()
 	ln.Close()
-	srv := mochi.New(&mochi.Options{InlineClient: false, Logger: log.With("component", "broker")})
-	if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
+	b := &Broker{addr: real, internalUser: "labsync-" + rand.Text()[:8], internalPassword: rand.Text() + rand.Text()}
+	caps := mochi.NewDefaultServerCapabilities()
+	caps.MaximumPacketSize = o.MaxPacketSize
+	blog := slog.New(quietPackets{log.Handler()}).With("component", "broker")
+	b.srv = mochi.New(&mochi.Options{InlineClient: false, Capabilities: caps, Logger: blog})
+	hook := &accessHook{users: o.Users, internalUser: b.internalUser, internalPassword: []byte(b.internalPassword), prefix: b.Prefix, log: blog}
+	if err := b.srv.AddHook(hook, nil); err != nil {
 		return nil, fmt.Errorf("embedded broker: %w", err)
 	}
-	if err := srv.AddListener(listeners.NewTCP(listeners.Config{ID: "tcp", Address: real})); err != nil {
+	if err := b.srv.AddListener(listeners.NewTCP(listeners.Config{ID: "tcp", Address: real})); err != nil {
 		return nil, fmt.Errorf("embedded broker: %w", err)
 	}
-	if err := srv.Serve(); err != nil {
+	if err := b.srv.Serve(); err != nil {
 		return nil, fmt.Errorf("embedded broker: %w", err)
 	}
-	return &Broker{srv: srv, addr: real}, nil
+	return b, nil
+}
+
+// Credentials are the user name and password of labsync's own client,
+// made at random when the broker starts: the only client that may publish
+// status. Never log them.
+func (b *Broker) Credentials() (user, password string) {
+	return b.internalUser, b.internalPassword
+}
+
+// SetPrefix sets the lab's topic prefix, known after the first pass:
+// users may publish commands under it from then on.
+func (b *Broker) SetPrefix(prefix string) { b.prefix.Store(&prefix) }
+
+// Prefix is the topic prefix set by SetPrefix, or "".
+func (b *Broker) Prefix() string {
+	if p := b.prefix.Load(); p != nil {
+		return *p
+	}
+	return ""
 }
 
 // Addr is the address the broker listens on.

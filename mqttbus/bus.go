@@ -2,7 +2,8 @@
 // retained status tree and events, keeps only the latest value of each
 // retained topic (republished after every reconnect, never queued), listens
 // for commands and job submissions, and an embedded broker for labs that
-// run none. It decides nothing: it renders and forwards.
+// run none (anyone reads; only labsync and the users of a users file
+// publish). It decides nothing: it renders and forwards.
 package mqttbus
 
 import (

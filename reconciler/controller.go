@@ -730,8 +730,9 @@ func (c *Controller) Refresh() {
 
 // RestartAgent restarts a managed agent's container now (the MQTT restart
 // command). Only agents of this lab's desired state that have a container
-// can be restarted.
-func (c *Controller) RestartAgent(ctx context.Context, name string) error {
+// can be restarted, and one that runs a job only when forced: the refusal
+// is an *AgentBusyError.
+func (c *Controller) RestartAgent(ctx context.Context, name string, force bool) error {
 	// Never while a pass changes containers: it may be replacing this one.
 	if !c.passMu.TryLock() {
 		return fmt.Errorf("a pass is under way; try again when it is done")
@@ -747,8 +748,16 @@ func (c *Controller) RestartAgent(ctx context.Context, name string) error {
 	}
 	for _, o := range obs.Containers {
 		if o.Kind == lab.KindAgent && o.Object == name && !o.Aside {
+			if !force {
+				if err := c.restartBusy(ctx, st.Desired, o); err != nil {
+					return err
+				}
+			}
 			err := c.opts.Docker.RestartContainer(ctx, o.ID, c.opts.Apply.StopTimeout)
 			e := Event{Time: time.Now(), Type: "command", Object: "agent/" + name, Message: "restarted " + o.Name + " on request"}
+			if force {
+				e.Message += " (forced)"
+			}
 			if err != nil {
 				e.Message, e.Error = fmt.Sprintf("restart of %s failed: %v", o.Name, err), true
 			}
@@ -758,6 +767,57 @@ func (c *Controller) RestartAgent(ctx context.Context, name string) error {
 		}
 	}
 	return fmt.Errorf("no managed agent %q", name)
+}
+
+// restartBusy returns an *AgentBusyError when the agent of o runs a job,
+// as its labsync-agent heartbeat says, or, when it has none, as the
+// Testflinger server says. An agent whose activity nobody can tell is not
+// busy, as for auto-heal and apply.
+func (c *Controller) restartBusy(ctx context.Context, d *lab.Desired, o runtime.ObservedContainer) error {
+	if o.State != "running" {
+		return nil
+	}
+	a, err := c.opts.Docker.AgentActivity(ctx, o.ID)
+	if err == nil && a.Known {
+		if a.Busy {
+			return &AgentBusyError{Agent: o.Object, JobID: a.JobID, Since: a.Since, Source: "heartbeat"}
+		}
+		return nil
+	}
+	if c.opts.AgentIdle == nil || d.TestflingerServer == "" {
+		return nil
+	}
+	idle, err := c.opts.AgentIdle(ctx, d, o.Object)
+	if err != nil {
+		c.log.Warn("agent activity unknown; restarting it", "object", o.Object, "err", err)
+		return nil
+	}
+	if !idle {
+		return &AgentBusyError{Agent: o.Object, Source: "Testflinger server"}
+	}
+	return nil
+}
+
+// AgentBusyError is a restart refused because the agent runs a job.
+type AgentBusyError struct {
+	Agent string
+	// JobID and Since are the job and its start, when the agent's
+	// heartbeat names them.
+	JobID string
+	Since time.Time
+	// Source says who knows: "heartbeat" or "Testflinger server".
+	Source string
+}
+
+func (e *AgentBusyError) Error() string {
+	if e.JobID == "" {
+		return fmt.Sprintf("agent %s is running a job (the %s says so); not restarted", e.Agent, e.Source)
+	}
+	since := ""
+	if !e.Since.IsZero() {
+		since = " since " + e.Since.UTC().Format(time.RFC3339)
+	}
+	return fmt.Sprintf("agent %s is running job %s%s (its %s says so); not restarted", e.Agent, e.JobID, since, e.Source)
 }
 
 // Emit publishes an event from outside the controller (commands, submits).

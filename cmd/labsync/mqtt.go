@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 	"flag"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
 
+	"github.com/labsync/labsync/lab"
 	"github.com/labsync/labsync/mqttbus"
 	"github.com/labsync/labsync/reconciler"
 )
@@ -16,6 +18,8 @@ type mqttFlags struct {
 	broker, username, passwordFile string
 	caFile, certFile, keyFile      string
 	clientID, listen               string
+	usersFile                      string
+	maxPacket                      uint32
 	submitPoll                     time.Duration
 }
 
@@ -27,9 +31,29 @@ func (m *mqttFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&m.certFile, "mqtt-cert-file", "", "client certificate for the broker")
 	fs.StringVar(&m.keyFile, "mqtt-key-file", "", "key of --mqtt-cert-file")
 	fs.StringVar(&m.clientID, "mqtt-client-id", "", "MQTT client id (default labsync-<lab>-<host>-<random>: unique per lab and replica)")
-	fs.StringVar(&m.listen, "mqtt-listen", "127.0.0.1:1883", "address of the embedded broker, started when --mqtt is empty (it accepts every client: widen it, e.g. :1883, only on a trusted network); empty disables MQTT")
+	fs.StringVar(&m.listen, "mqtt-listen", "127.0.0.1:1883", "address of the embedded broker, started when --mqtt is empty (anyone may read; only --mqtt-users-file users may send commands and jobs); empty disables MQTT")
+	fs.StringVar(&m.usersFile, "mqtt-users-file", "", "users of the embedded broker, one user:password a line (plain, or a mosquitto_passwd $7$/$6$ hash): they may publish commands and job submissions; everyone else only reads")
+	m.maxPacket = mqttbus.DefaultMaxPacketSize
+	fs.Func("mqtt-max-packet", "largest MQTT packet the embedded broker takes, in bytes or with a unit (512k, 1m; default 1m); a client sending a bigger one is disconnected", func(v string) error {
+		n, err := lab.ParseByteSize(v)
+		if err != nil {
+			return err
+		}
+		if n < minMaxPacket || n > maxMaxPacket {
+			return fmt.Errorf("%s is out of range: give 4k to 256m", v)
+		}
+		m.maxPacket = uint32(n)
+		return nil
+	})
 	fs.DurationVar(&m.submitPoll, "submit-poll", 10*time.Second, "how often the state of a job submitted over MQTT is read")
 }
+
+// Bounds of --mqtt-max-packet: labsync's own status messages must fit,
+// and MQTT cannot say more than 256 MiB.
+const (
+	minMaxPacket = 4 << 10
+	maxMaxPacket = 256<<20 - 1
+)
 
 // mqttSide is the broker, bus and bridge of a running daemon. The bus is
 // connected once the lab's name and topic prefix are known (after the
@@ -50,8 +74,18 @@ type mqttSide struct {
 
 func (m *mqttFlags) start(ctx context.Context, log *slog.Logger) (*mqttSide, error) {
 	side := &mqttSide{flags: m, log: log, url: m.broker, ctx: ctx}
+	if m.broker != "" && m.usersFile != "" {
+		return nil, usageError{"--mqtt-users-file is for the embedded broker; with --mqtt, give the users to that broker"}
+	}
 	if m.broker == "" && m.listen != "" {
-		b, err := mqttbus.StartBroker(m.listen, log)
+		var users mqttbus.Users
+		if m.usersFile != "" {
+			var err error
+			if users, err = mqttbus.LoadUsers(m.usersFile); err != nil {
+				return nil, err
+			}
+		}
+		b, err := mqttbus.StartBroker(mqttbus.BrokerOptions{Addr: m.listen, MaxPacketSize: m.maxPacket, Users: users, Logger: log})
 		if err != nil {
 			// A lab host often runs its own Mosquitto on 1883: say how to
 			// use it, and go on without MQTT rather than not at all.
@@ -59,7 +93,7 @@ func (m *mqttFlags) start(ctx context.Context, log *slog.Logger) (*mqttSide, err
 			return side, nil
 		}
 		side.broker, side.url = b, b.URL()
-		log.Info("embedded MQTT broker started", "listen", b.Addr())
+		log.Info("embedded MQTT broker started", "listen", b.Addr(), "users", len(users), "max_packet", m.maxPacket)
 	}
 	return side, nil
 }
@@ -85,14 +119,21 @@ func (s *mqttSide) publish(ctrl *reconciler.Controller, st reconciler.LabStatus)
 	}
 	s.mu.Lock()
 	if s.bus == nil {
+		username := s.flags.username
 		password, err := readSecret(s.flags.passwordFile, "LABSYNC_MQTT_PASSWORD")
 		if err != nil {
 			s.mu.Unlock()
 			s.log.Error("mqtt password", "err", err)
 			return
 		}
+		if s.broker != nil {
+			// The embedded broker: labsync's own client, with full rights;
+			// users may send commands under the lab's prefix from now on.
+			username, password = s.broker.Credentials()
+			s.broker.SetPrefix(st.Desired.MQTTPrefix)
+		}
 		bus, err := mqttbus.Connect(mqttbus.Options{
-			Broker: s.url, Username: s.flags.username, Password: password,
+			Broker: s.url, Username: username, Password: password,
 			CAFile: s.flags.caFile, CertFile: s.flags.certFile, KeyFile: s.flags.keyFile,
 			ClientID: s.flags.clientID, Prefix: st.Desired.MQTTPrefix, Lab: st.Lab, Logger: s.log,
 		})

@@ -3,10 +3,13 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -161,7 +164,8 @@ func TestMQTTStatusCommandsAndSubmit(t *testing.T) {
 
 	// Malformed input gives an error status and leaves the daemon working.
 	events := testenv.Subscribe(t, mosq.URL, prefix+"/events")
-	for _, p := range [][]byte{{0xff, 0xfe, 0x00, 0x01}, []byte(strings.Repeat("x", 1<<20)), []byte("job_queue: [alpha\ntest_data: {")} {
+	for _, p := range [][]byte{{0xff, 0xfe, 0x00, 0x01}, []byte(strings.Repeat("x", 1<<20)), []byte("job_queue: [alpha\ntest_data: {"),
+		[]byte("job_queue: other-lab-queue\ntest_data:\n  test_cmds: echo pwned\n")} {
 		sub.Publish("alpha/submit", p)
 	}
 	sub.Publish("no-such-sut/submit", []byte("echo hi"))
@@ -169,10 +173,11 @@ func TestMQTTStatusCommandsAndSubmit(t *testing.T) {
 	sub.Publish(prefix+"/agents/alpha/cmd", []byte("explode"))
 	sub.Publish(prefix+"/agents/nobody/cmd", []byte("restart"))
 	testenv.Eventually(t, 10*time.Second, "malformed payloads not all answered", func() bool {
-		errs := 0
+		errs, foreign := 0, false
 		for _, m := range status.Messages() {
 			if m.Topic == "alpha/submit_status" && strings.Contains(m.Payload, `"state":"error"`) {
 				errs++
+				foreign = foreign || strings.Contains(m.Payload, `job_queue \"other-lab-queue\" is not a queue of alpha (its queues: alpha)`)
 			}
 		}
 		evs := 0
@@ -181,7 +186,7 @@ func TestMQTTStatusCommandsAndSubmit(t *testing.T) {
 				evs++
 			}
 		}
-		return errs == 3 && evs == 4
+		return errs == 4 && foreign && evs == 4
 	})
 	if n := len(tf.received()); n != 1 {
 		t.Errorf("%d jobs reached Testflinger, want only the good one", n)
@@ -206,16 +211,133 @@ func startedAfter(rfc string, t time.Time) bool {
 	return err == nil && ts.After(t)
 }
 
-// Without --mqtt the daemon runs its own broker.
+// Without --mqtt the daemon runs its own broker: anyone reads, only the
+// users of --mqtt-users-file send commands and jobs, a restart of a busy
+// agent needs --force, and a packet over --mqtt-max-packet drops its
+// sender, not labsync.
 func TestEmbeddedBroker(t *testing.T) {
 	tf := newFakeTestflinger(t)
+	dir := t.TempDir()
+	testenv.WriteFiles(t, dir, map[string]string{"users": "# lab members\nalice:wonderland\n"})
 	g := mqttLab(t, tf.URL)
-	addr := freeAddr(t)
-	d := startDaemon(t, append(g.args, "--mqtt-listen", addr)...)
-	g.waitRunning(t, 60*time.Second, "alpha", "beta")
-	d.settle()
-	sub := testenv.Subscribe(t, "tcp://"+addr, "lab/"+g.name+"/#")
-	testenv.Eventually(t, 10*time.Second, "retained state not served by the embedded broker", func() bool {
-		return lastState(t, sub, "lab/"+g.name+"/agents/alpha/state").Health == "healthy"
+	// gamma takes an hour-long job at once.
+	g.repo.Commit("busy gamma", map[string]string{
+		"sut/gamma.conf":     strings.Replace(agentConfFor("gamma"), "polling_interval: 60", "polling_interval: 1", 1),
+		"sut/gamma.lab.yaml": "command: [labsync-agent, run, --sut, '{name}', --status-interval, 200ms, --, testflinger-agent, -c, '{conf}']\nenv: {STANDIN_JOB_EVERY: \"1\", STANDIN_JOB_DURATION: 1h}\n",
 	})
+	addr := freeAddr(t)
+	d := startDaemon(t, append(g.args, "--mqtt-listen", addr, "--mqtt-users-file", filepath.Join(dir, "users"), "--mqtt-max-packet", "64k", "--submit-poll", "100ms")...)
+	g.waitRunning(t, 60*time.Second, "alpha", "beta", "gamma")
+	d.settle()
+	url, prefix := "tcp://"+addr, "lab/"+g.name
+	sub := testenv.Subscribe(t, url, prefix+"/#") // anonymous: reading is allowed
+	testenv.Eventually(t, 10*time.Second, "retained state not served by the embedded broker", func() bool {
+		return lastState(t, sub, prefix+"/agents/alpha/state").Health == "healthy"
+	})
+	alice := testenv.SubscribeWith(t, url, "+/submit_status", testenv.ClientOptions{Username: "alice", Password: "wonderland"})
+	event := func(substr string) bool {
+		for _, m := range sub.Messages() {
+			if m.Topic == prefix+"/events" && strings.Contains(m.Payload, substr) {
+				return true
+			}
+		}
+		return false
+	}
+	started := func(name string) string {
+		info, err := g.rt.API().ContainerInspect(context.Background(), g.containers(t)[name].ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.State.StartedAt
+	}
+
+	// An anonymous restart is refused by the broker: labsync never sees
+	// it. alice's unknown command afterwards shows that everything before
+	// it was handled.
+	alphaStarted := started("alpha")
+	anon := testenv.Subscribe(t, url, "unused")
+	anon.PublishAsync(prefix+"/agents/alpha/cmd", []byte("restart"))
+	anon.PublishAsync("alpha/submit", []byte("echo anonymous"))
+	testenv.Eventually(t, 10*time.Second, "the anonymous publisher was not dropped", func() bool { return anon.Disconnects() > 0 })
+	alice.Publish(prefix+"/agents/alpha/cmd", []byte("explode"))
+	testenv.Eventually(t, 10*time.Second, "alice's command not handled", func() bool { return event("explode") })
+	if event("restarted") || started("alpha") != alphaStarted || len(tf.received()) != 0 {
+		t.Fatal("an anonymous publish was acted on")
+	}
+
+	// alice restarts an idle agent; a busy one only with --force.
+	alice.Publish(prefix+"/agents/alpha/cmd", []byte("restart"))
+	testenv.Eventually(t, 30*time.Second, "alice's restart not done", func() bool { return event("restarted " + g.name + "-alpha on request") })
+	if started("alpha") == alphaStarted {
+		t.Error("alpha was not restarted")
+	}
+	gammaID := g.containers(t)["gamma"].ID
+	testenv.Eventually(t, 30*time.Second, "gamma never took its job", func() bool {
+		a, _ := g.rt.AgentActivity(context.Background(), gammaID)
+		return a.Busy && a.JobID != ""
+	})
+	activity, _ := g.rt.AgentActivity(context.Background(), gammaID)
+	gammaStarted := started("gamma")
+	alice.Publish(prefix+"/agents/gamma/cmd", []byte("restart"))
+	testenv.Eventually(t, 30*time.Second, "the refusal to restart busy gamma was not published", func() bool {
+		return event(`restart refused: agent gamma is running job ` + activity.JobID)
+	})
+	if started("gamma") != gammaStarted {
+		t.Fatal("busy gamma was restarted without --force")
+	}
+	alice.Publish(prefix+"/agents/gamma/cmd", []byte("restart --force"))
+	testenv.Eventually(t, 30*time.Second, "forced restart not done", func() bool { return event("restarted " + g.name + "-gamma on request (forced)") })
+
+	// A packet over 64 KiB drops alice's raw connection; labsync goes on
+	// taking alice's submissions.
+	raw, code := testenv.DialRaw(t, addr, testenv.ClientOptions{Username: "alice", Password: "wonderland"})
+	if code != 0 {
+		t.Fatalf("CONNACK %d", code)
+	}
+	_ = raw.Publish("alpha/submit", []byte(strings.Repeat("x", 65<<10)))
+	if !raw.Closed(10 * time.Second) {
+		t.Fatal("a packet over --mqtt-max-packet was taken")
+	}
+	alice.Publish("alpha/submit", []byte("echo after"))
+	testenv.Eventually(t, 10*time.Second, "submission after the big packet not taken", func() bool { return len(tf.received()) == 1 })
+	if td, _ := tf.received()[0]["test_data"].(map[string]any); td["test_cmds"] != "echo after" {
+		t.Errorf("job = %v", tf.received()[0])
+	}
+}
+
+func TestMQTTFlags(t *testing.T) {
+	for _, tc := range []struct {
+		value string
+		want  uint32
+		err   bool
+	}{
+		{"1m", 1 << 20, false},
+		{"1048576", 1 << 20, false},
+		{"64k", 64 << 10, false},
+		{"4k", 4 << 10, false},
+		{"1k", 0, true},
+		{"1g", 0, true},
+		{"lots", 0, true},
+	} {
+		var m mqttFlags
+		fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+		fs.SetOutput(io.Discard)
+		m.register(fs)
+		if m.maxPacket != 1<<20 {
+			t.Fatalf("default --mqtt-max-packet %d", m.maxPacket)
+		}
+		err := fs.Parse([]string{"--mqtt-max-packet", tc.value})
+		if (err != nil) != tc.err || (!tc.err && m.maxPacket != tc.want) {
+			t.Errorf("--mqtt-max-packet %s: %d, %v", tc.value, m.maxPacket, err)
+		}
+	}
+	m := mqttFlags{broker: "tcp://127.0.0.1:1", usersFile: "users"}
+	var ue usageError
+	if _, err := m.start(context.Background(), nil); !errors.As(err, &ue) {
+		t.Errorf("--mqtt-users-file with --mqtt: %v, want a usage error", err)
+	}
+	m = mqttFlags{listen: "127.0.0.1:0", usersFile: filepath.Join(t.TempDir(), "missing")}
+	if _, err := m.start(context.Background(), nil); err == nil || !strings.Contains(err.Error(), "mqtt users file") {
+		t.Errorf("missing users file: %v", err)
+	}
 }
