@@ -31,11 +31,16 @@ type Options struct {
 	// Branch is the tracked branch; pushes to others are ignored.
 	Branch string
 	// WebhookSecret checks GitHub signatures; WebhookToken is the bearer
-	// token of /hooks/generic. Webhooks are served only when a secret is
-	// set, or when Insecure allows them without.
+	// token of /hooks/generic. /hooks/github is served when a secret is
+	// set or Insecure allows it without; /hooks/generic when a token is
+	// set, or Insecure allows it without and no GitHub secret is set (a
+	// secret means the operator wants webhooks authenticated).
 	WebhookSecret []byte
 	WebhookToken  []byte
 	Insecure      bool
+	// APIToken is the bearer token of the mutating API endpoints
+	// (POST /api/v1/sync). Without one they refuse every request.
+	APIToken []byte
 	// Ready checks the dependencies of /readyz besides the first fetch
 	// (Docker reachable).
 	Ready func(ctx context.Context) error
@@ -60,13 +65,20 @@ func New(opts Options) *Server {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{opts: opts, log: opts.Logger, mux: http.NewServeMux(), seen: deliveries{max: 1000}, metrics: newMetrics()}
-	webhooks := len(opts.WebhookSecret) > 0 || opts.Insecure
-	if webhooks {
+	github := endpointAuth(len(opts.WebhookSecret) > 0, opts.Insecure, "signature")
+	generic := endpointAuth(len(opts.WebhookToken) > 0, opts.Insecure && len(opts.WebhookSecret) == 0, "bearer token")
+	if github != "off" {
 		s.mux.HandleFunc("POST /hooks/github", s.handleGitHub)
 	}
-	if len(opts.WebhookToken) > 0 || opts.Insecure {
+	if generic != "off" {
 		s.mux.HandleFunc("POST /hooks/generic", s.handleGeneric)
 	}
+	api := endpointAuth(len(opts.APIToken) > 0, false, "bearer token")
+	level := slog.LevelInfo
+	if github == "unauthenticated" || generic == "unauthenticated" || api == "off" {
+		level = slog.LevelWarn
+	}
+	s.log.Log(context.Background(), level, "http endpoints that trigger work", "/hooks/github", github, "/hooks/generic", generic, "/api/v1/sync", api)
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
 	s.mux.HandleFunc("GET /readyz", s.handleReady)
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
@@ -74,7 +86,7 @@ func New(opts Options) *Server {
 	s.mux.HandleFunc("GET /api/v1/agents", s.handleAgents)
 	s.mux.HandleFunc("GET /api/v1/runs", s.handleRuns)
 	s.mux.HandleFunc("GET /api/v1/plan", s.handlePlan)
-	s.mux.HandleFunc("POST /api/v1/sync", s.handleSync)
+	s.mux.HandleFunc("POST /api/v1/sync", s.mutating("sync", s.handleSync))
 	s.mux.HandleFunc("GET /{$}", s.handlePage)
 	return s
 }
@@ -107,6 +119,7 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleSync(w http.ResponseWriter, r *http.Request) {
+	s.log.Info("api: sync requested", "remote", r.RemoteAddr)
 	s.opts.Trigger("api: sync")
 	writeJSON(w, http.StatusAccepted, hookReply{Status: "accepted", Detail: "a pass is queued"})
 }
@@ -215,6 +228,7 @@ type metrics struct {
 	drifted       prometheus.Gauge
 	containers    *prometheus.GaugeVec
 	webhooks      *prometheus.CounterVec
+	api           *prometheus.CounterVec
 	fetchDuration prometheus.Histogram
 }
 
@@ -228,10 +242,11 @@ func newMetrics() *metrics {
 		drifted:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "labsync_drifted_objects", Help: "Actions still planned after the last pass (objects that differ from the lab)."}),
 		containers:  prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "labsync_managed_containers", Help: "Managed containers by Docker state, after the last pass."}, []string{"state"}),
 		webhooks:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "labsync_webhook_deliveries_total", Help: "Webhook deliveries by result."}, []string{"result"}),
+		api:         prometheus.NewCounterVec(prometheus.CounterOpts{Name: "labsync_api_requests_total", Help: "Requests to mutating API endpoints by endpoint and result."}, []string{"endpoint", "result"}),
 		fetchDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "labsync_git_fetch_duration_seconds", Help: "Duration of git fetches (only when the remote head moved).",
 			Buckets: []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}}),
 	}
-	m.reg.MustRegister(m.passDuration, m.passes, m.lastSuccess, m.drifted, m.containers, m.webhooks, m.fetchDuration,
+	m.reg.MustRegister(m.passDuration, m.passes, m.lastSuccess, m.drifted, m.containers, m.webhooks, m.api, m.fetchDuration,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

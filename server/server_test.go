@@ -94,9 +94,6 @@ func TestReadyNeedsAFetch(t *testing.T) {
 	if w := do(s, http.MethodGet, "/healthz", "", nil); w.Code != http.StatusOK {
 		t.Errorf("healthz: %d", w.Code)
 	}
-	if w := do(s, http.MethodPost, "/api/v1/sync", "", nil); w.Code != http.StatusAccepted {
-		t.Errorf("sync: %d", w.Code)
-	}
 }
 
 func TestFormEncodedPush(t *testing.T) {

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"strings"
 	"sync"
 )
@@ -42,7 +41,12 @@ func Sign(secret, body []byte) string {
 	return "sha256=" + hex.EncodeToString(mac.Sum(nil))
 }
 
-// deliveries remembers recent delivery IDs to drop replays.
+// maxDeliveryID bounds what is kept of one delivery ID. GitHub's are UUIDs;
+// a longer ID (a header may hold a megabyte) is kept as its SHA-256.
+const maxDeliveryID = 128
+
+// deliveries remembers the IDs of the last max deliveries to drop replays;
+// it holds at most max keys of at most maxDeliveryID bytes.
 type deliveries struct {
 	mu    sync.Mutex
 	order []string
@@ -50,23 +54,41 @@ type deliveries struct {
 	max   int
 }
 
+func deliveryKey(id string) string {
+	if len(id) <= maxDeliveryID {
+		return id
+	}
+	sum := sha256.Sum256([]byte(id))
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
 // add records id and reports whether it is new.
 func (d *deliveries) add(id string) bool {
+	key := deliveryKey(id)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.seen == nil {
 		d.seen = map[string]bool{}
 	}
-	if d.seen[id] {
+	if d.seen[key] {
 		return false
 	}
-	d.seen[id] = true
-	d.order = append(d.order, id)
+	d.seen[key] = true
+	d.order = append(d.order, key)
 	if len(d.order) > d.max {
 		delete(d.seen, d.order[0])
 		d.order = d.order[1:]
 	}
 	return true
+}
+
+// clip shortens a sender's string (a header) for replies and logs.
+func clip(s string) string {
+	const n = 80
+	if len(s) <= n {
+		return s
+	}
+	return strings.ToValidUTF8(s[:n], "") + "..."
 }
 
 type hookReply struct {
@@ -103,101 +125,63 @@ func (s *Server) handleGitHub(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	delivery := r.Header.Get("X-GitHub-Delivery")
 	if len(s.opts.WebhookSecret) > 0 {
 		if !VerifySignature(s.opts.WebhookSecret, body, r.Header.Get("X-Hub-Signature-256")) {
 			s.webhook("bad-signature")
-			s.log.Warn("webhook rejected: bad signature", "remote", r.RemoteAddr, "delivery", r.Header.Get("X-GitHub-Delivery"))
+			s.log.Warn("webhook rejected: bad signature", "remote", r.RemoteAddr, "delivery", clip(delivery))
 			writeJSON(w, http.StatusUnauthorized, hookReply{Status: "rejected", Detail: "signature does not match"})
 			return
 		}
 	}
-	if id := r.Header.Get("X-GitHub-Delivery"); id != "" && !s.seen.add(id) {
+	if delivery != "" && !s.seen.add(delivery) {
 		s.webhook("duplicate")
-		writeJSON(w, http.StatusOK, hookReply{Status: "ignored", Detail: "delivery " + id + " was already received"})
+		writeJSON(w, http.StatusOK, hookReply{Status: "ignored", Detail: "delivery " + clip(delivery) + " was already received"})
 		return
 	}
-	// GitHub's form content type sends the JSON in a "payload" field; the
-	// signature above covers the raw body either way.
-	if strings.HasPrefix(r.Header.Get("Content-Type"), "application/x-www-form-urlencoded") {
-		form, err := url.ParseQuery(string(body))
-		if err != nil || form.Get("payload") == "" {
-			s.webhook("bad-payload")
-			writeJSON(w, http.StatusBadRequest, hookReply{Status: "rejected", Detail: "form body without a payload field"})
-			return
-		}
-		body = []byte(form.Get("payload"))
+	// The signature above covers the raw body, whichever encoding.
+	hook, err := ParseGitHubHook(r.Header.Get("X-GitHub-Event"), r.Header.Get("Content-Type"), body)
+	if err != nil {
+		s.webhook("bad-payload")
+		writeJSON(w, http.StatusBadRequest, hookReply{Status: "rejected", Detail: err.Error()})
+		return
 	}
-	event := r.Header.Get("X-GitHub-Event")
-	log := s.log.With("event", event, "delivery", r.Header.Get("X-GitHub-Delivery"))
-	switch event {
+	log := s.log.With("event", clip(hook.Event), "delivery", clip(delivery))
+	switch hook.Event {
 	case "ping":
 		s.webhook("ping")
 		writeJSON(w, http.StatusOK, hookReply{Status: "ok", Detail: "pong"})
 	case "push":
-		var p struct {
-			Ref   string `json:"ref"`
-			After string `json:"after"`
-		}
-		if err := json.Unmarshal(body, &p); err != nil || p.Ref == "" {
-			s.webhook("bad-payload")
-			writeJSON(w, http.StatusBadRequest, hookReply{Status: "rejected", Detail: "not a push payload"})
-			return
-		}
-		if p.Ref != "refs/heads/"+s.opts.Branch {
+		if hook.Ref != "refs/heads/"+s.opts.Branch {
 			s.webhook("ignored")
-			writeJSON(w, http.StatusAccepted, hookReply{Status: "ignored", Detail: p.Ref + " is not the tracked branch " + s.opts.Branch})
+			writeJSON(w, http.StatusAccepted, hookReply{Status: "ignored", Detail: clip(hook.Ref) + " is not the tracked branch " + s.opts.Branch})
 			return
 		}
-		log.Info("webhook: push to the tracked branch", "after", p.After)
+		log.Info("webhook: push to the tracked branch", "after", hook.After)
 		s.webhook("triggered")
-		s.opts.Trigger("webhook: push " + shortSHA(p.After))
-		writeJSON(w, http.StatusAccepted, hookReply{Status: "accepted", Detail: "a pass will fetch " + p.Ref})
+		s.opts.Trigger("webhook: push " + shortSHA(hook.After))
+		writeJSON(w, http.StatusAccepted, hookReply{Status: "accepted", Detail: "a pass will fetch " + hook.Ref})
 	case "pull_request":
-		var p struct {
-			Action      string `json:"action"`
-			Number      int    `json:"number"`
-			PullRequest struct {
-				Head struct {
-					SHA  string `json:"sha"`
-					Repo struct {
-						FullName string `json:"full_name"`
-					} `json:"repo"`
-				} `json:"head"`
-				Base struct {
-					Ref  string `json:"ref"`
-					Repo struct {
-						FullName string `json:"full_name"`
-					} `json:"repo"`
-				} `json:"base"`
-			} `json:"pull_request"`
-		}
-		if err := json.Unmarshal(body, &p); err != nil || p.Number <= 0 {
-			s.webhook("bad-payload")
-			writeJSON(w, http.StatusBadRequest, hookReply{Status: "rejected", Detail: "not a pull_request payload"})
-			return
-		}
 		switch {
 		case s.opts.PullRequest == nil:
-			log.Info("webhook: pull request acknowledged; pull-request plans are off (no GitHub token)", "action", p.Action, "number", p.Number)
+			log.Info("webhook: pull request acknowledged; pull-request plans are off (no GitHub token)", "action", clip(hook.Action), "number", hook.Number)
 			s.webhook("acknowledged")
-			writeJSON(w, http.StatusAccepted, hookReply{Status: "acknowledged", Detail: fmt.Sprintf("pull request #%d %s; plans are off", p.Number, p.Action)})
-		case p.PullRequest.Base.Ref != "" && p.PullRequest.Base.Ref != s.opts.Branch:
+			writeJSON(w, http.StatusAccepted, hookReply{Status: "acknowledged", Detail: fmt.Sprintf("pull request #%d %s; plans are off", hook.Number, clip(hook.Action))})
+		case hook.Base != "" && hook.Base != s.opts.Branch:
 			s.webhook("ignored")
-			writeJSON(w, http.StatusAccepted, hookReply{Status: "ignored", Detail: "pull request into " + p.PullRequest.Base.Ref + ", not the tracked branch " + s.opts.Branch})
-		case p.Action == "opened" || p.Action == "synchronize" || p.Action == "reopened":
-			head := p.PullRequest.Head
-			fork := head.Repo.FullName != p.PullRequest.Base.Repo.FullName
-			log.Info("webhook: pull request to plan", "action", p.Action, "number", p.Number, "head", head.SHA, "fork", fork)
+			writeJSON(w, http.StatusAccepted, hookReply{Status: "ignored", Detail: "pull request into " + clip(hook.Base) + ", not the tracked branch " + s.opts.Branch})
+		case hook.Action == "opened" || hook.Action == "synchronize" || hook.Action == "reopened":
+			log.Info("webhook: pull request to plan", "action", hook.Action, "number", hook.Number, "head", hook.Head, "fork", hook.Fork)
 			s.webhook("pull-request")
-			s.opts.PullRequest(p.Number, head.SHA, fork)
-			writeJSON(w, http.StatusAccepted, hookReply{Status: "accepted", Detail: fmt.Sprintf("pull request #%d will be planned", p.Number)})
+			s.opts.PullRequest(hook.Number, hook.Head, hook.Fork)
+			writeJSON(w, http.StatusAccepted, hookReply{Status: "accepted", Detail: fmt.Sprintf("pull request #%d will be planned", hook.Number)})
 		default:
 			s.webhook("ignored")
-			writeJSON(w, http.StatusAccepted, hookReply{Status: "ignored", Detail: "pull request action " + p.Action + " needs no plan"})
+			writeJSON(w, http.StatusAccepted, hookReply{Status: "ignored", Detail: "pull request action " + clip(hook.Action) + " needs no plan"})
 		}
 	default:
 		s.webhook("ignored")
-		writeJSON(w, http.StatusAccepted, hookReply{Status: "ignored", Detail: "event " + event + " is not used"})
+		writeJSON(w, http.StatusAccepted, hookReply{Status: "ignored", Detail: "event " + clip(hook.Event) + " is not used"})
 	}
 }
 
@@ -214,13 +198,25 @@ func (s *Server) handleGeneric(w http.ResponseWriter, r *http.Request) {
 	if _, ok := s.readBody(w, r); !ok {
 		return
 	}
-	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if len(s.opts.WebhookToken) > 0 && (!ok || subtle.ConstantTimeCompare([]byte(token), s.opts.WebhookToken) != 1) {
+	if len(s.opts.WebhookToken) > 0 && !bearerOK(r, s.opts.WebhookToken) {
 		s.webhook("bad-token")
+		s.log.Warn("webhook rejected: bad token", "remote", r.RemoteAddr)
 		writeJSON(w, http.StatusUnauthorized, hookReply{Status: "rejected", Detail: "missing or wrong bearer token"})
 		return
 	}
 	s.webhook("triggered")
 	s.opts.Trigger("webhook: generic")
 	writeJSON(w, http.StatusAccepted, hookReply{Status: "accepted"})
+}
+
+// bearerOK reports whether r carries "Authorization: Bearer <want>". The
+// tokens are compared as SHA-256 sums in constant time, so neither their
+// content nor their length shows in the timing.
+func bearerOK(r *http.Request, want []byte) bool {
+	scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return false
+	}
+	got, exp := sha256.Sum256([]byte(token)), sha256.Sum256(want)
+	return subtle.ConstantTimeCompare(got[:], exp[:]) == 1
 }

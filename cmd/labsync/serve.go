@@ -34,6 +34,7 @@ type serveFlags struct {
 	cleanSlate       string
 	webhookSecretF   string
 	webhookTokenF    string
+	apiTokenF        string
 	insecureWebhooks bool
 	forcePrune       bool
 	parallelism      int
@@ -59,7 +60,8 @@ func (f *serveFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.cleanSlate, "clean-slate-schedule", "", "cron schedule of clean slates: every agent in sync and idle (per the Testflinger server of lab.yaml) is recreated; empty disables")
 	fs.StringVar(&f.webhookSecretF, "webhook-secret-file", "", "file with the GitHub webhook secret (or LABSYNC_WEBHOOK_SECRET)")
 	fs.StringVar(&f.webhookTokenF, "webhook-token-file", "", "file with the bearer token of /hooks/generic (or LABSYNC_WEBHOOK_TOKEN)")
-	fs.BoolVar(&f.insecureWebhooks, "insecure-webhooks", false, "serve webhooks without a secret or token (anyone who reaches the port can trigger passes)")
+	fs.BoolVar(&f.insecureWebhooks, "insecure-webhooks", false, "serve webhooks without a secret or token (anyone who reaches the port can trigger passes); /hooks/generic stays closed when a GitHub secret is set")
+	fs.StringVar(&f.apiTokenF, "api-token-file", "", "file with the bearer token of the API's POST endpoints (or LABSYNC_API_TOKEN); without one they refuse every request")
 	fs.BoolVar(&f.forcePrune, "force-prune", false, "remove orphans even when the mass-removal guard trips")
 	fs.IntVar(&f.parallelism, "parallelism", 0, "agents changed at once (default: agents.update.parallelism, 4)")
 	fs.DurationVar(&f.stopTimeout, "stop-timeout", reconciler.DefaultStopTimeout, "time a container gets to stop before it is killed")
@@ -152,6 +154,10 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	apiToken, err := readSecret(f.apiTokenF, "LABSYNC_API_TOKEN")
+	if err != nil {
+		return err
+	}
 	if secret == "" && token == "" && !f.insecureWebhooks {
 		log.Warn("webhooks are off: set --webhook-secret-file (GitHub) or --webhook-token-file (generic), or --insecure-webhooks")
 	}
@@ -222,7 +228,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	srv = server.New(server.Options{
 		Status: ctrl, Trigger: ctrl.Trigger, Branch: f.git.branch,
 		WebhookSecret: []byte(secret), WebhookToken: []byte(token), Insecure: f.insecureWebhooks,
-		Ready: rt.Ping, Logger: log,
+		APIToken: []byte(apiToken), Ready: rt.Ping, Logger: log,
 	})
 	if pipeline != nil {
 		srv.SetPullRequestHandler(pipeline.PullRequest)

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -149,6 +150,9 @@ type gitLab struct {
 	rt     *runtime.Client
 	args   []string
 	secret string
+	// apiToken is the token of POST /api/v1/sync, in args as
+	// --api-token-file.
+	apiToken string
 }
 
 func newGitLab(t testing.TB, extraArgs ...string) *gitLab {
@@ -156,7 +160,7 @@ func newGitLab(t testing.TB, extraArgs ...string) *gitLab {
 	rt := testenv.Docker(t)
 	image := testenv.StandinImage(t, rt)
 	gs := testenv.NewGitServer(t, "labsync", "git-t0ken")
-	g := &gitLab{name: testenv.Name(t), rt: rt, secret: "hook-s3cret"}
+	g := &gitLab{name: testenv.Name(t), rt: rt, secret: "hook-s3cret", apiToken: "api-t0ken"}
 	testenv.CleanupLab(t, rt, g.name)
 	g.repo = gs.NewRepo(t, "lab")
 	g.repo.Commit("alpha", map[string]string{
@@ -164,13 +168,44 @@ func newGitLab(t testing.TB, extraArgs ...string) *gitLab {
 		"sut/alpha.conf": agentConfFor("alpha"),
 	})
 	dir := t.TempDir()
-	testenv.WriteFiles(t, dir, map[string]string{"git-token": "git-t0ken\n", "hook-secret": g.secret + "\n"})
+	testenv.WriteFiles(t, dir, map[string]string{"git-token": "git-t0ken\n", "hook-secret": g.secret + "\n", "api-token": g.apiToken + "\n"})
 	g.args = append([]string{
 		"--repo", g.repo.URL, "--git-username", "labsync", "--git-password-file", filepath.Join(dir, "git-token"),
 		"--webhook-secret-file", filepath.Join(dir, "hook-secret"), "--data-dir", filepath.Join(dir, "data"),
+		"--api-token-file", filepath.Join(dir, "api-token"),
 		"--poll-interval", "1h", "--min-backoff", "200ms",
 	}, extraArgs...)
 	return g
+}
+
+// syncAPI posts /api/v1/sync with the bearer token ("" sends none) and
+// returns the status code and body.
+func syncAPI(t testing.TB, url, token string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, url+"/api/v1/sync", nil)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+// withoutFlag returns args without the flag name and its value.
+func withoutFlag(args []string, name string) []string {
+	var out []string
+	for i := 0; i < len(args); i++ {
+		if args[i] == name {
+			i++
+			continue
+		}
+		out = append(out, args[i])
+	}
+	return out
 }
 
 func agentConfFor(name string) string {
@@ -228,14 +263,33 @@ func TestServeFollowsGitAndWebhooks(t *testing.T) {
 	if resp := pushHook(t, d.url, g.secret, "refs/tags/simple-tag", "delivery-3"); resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("tag push: %s", resp.Status)
 	}
+	// The API takes a sync only with its token.
+	for _, token := range []string{"", "wrong", g.secret} {
+		if code, body := syncAPI(t, d.url, token); code != http.StatusUnauthorized {
+			t.Fatalf("sync with token %q: %d %s, want 401", token, code, body)
+		}
+	}
 	if got := len(d.runs()); got != runsBefore || d.status().Passing {
 		t.Fatalf("runs went from %d to %d after refused deliveries", runsBefore, got)
 	}
 	metrics := get(t, d.url+"/metrics")
-	for _, want := range []string{`labsync_webhook_deliveries_total{result="bad-signature"} 1`, `labsync_webhook_deliveries_total{result="duplicate"} 1`, `labsync_webhook_deliveries_total{result="ignored"} 1`, `labsync_passes_total{result="ok"}`} {
+	for _, want := range []string{`labsync_api_requests_total{endpoint="sync",result="bad-token"} 3`, `labsync_webhook_deliveries_total{result="bad-signature"} 1`, `labsync_webhook_deliveries_total{result="duplicate"} 1`, `labsync_webhook_deliveries_total{result="ignored"} 1`, `labsync_passes_total{result="ok"}`} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("metrics lack %s", want)
 		}
+	}
+
+	for _, want := range []string{`/hooks/github=signature`, `/hooks/generic=off`, `/api/v1/sync="bearer token"`} {
+		if !strings.Contains(d.out.String(), want) {
+			t.Errorf("the start log does not say %s", want)
+		}
+	}
+	if code, body := syncAPI(t, d.url, g.apiToken); code != http.StatusAccepted {
+		t.Fatalf("sync with the token: %d %s", code, body)
+	}
+	testenv.Eventually(t, 30*time.Second, "sync made no pass", func() bool { return len(d.runs()) > runsBefore && !d.status().Passing })
+	if r := d.runs()[0]; !slices.Contains(r.Triggers, "api: sync") {
+		t.Errorf("last pass triggered by %v, want api: sync", r.Triggers)
 	}
 
 	// An invalid commit is reported and not applied.
@@ -301,7 +355,11 @@ func TestServeFollowsGitAndWebhooks(t *testing.T) {
 // container back.
 func TestServeDriftCheckRepairs(t *testing.T) {
 	g := newGitLab(t, "--flap-limit", "0", "--drift-schedule", "@every 2s")
-	d := startDaemon(t, g.args...)
+	d := startDaemon(t, withoutFlag(g.args, "--api-token-file")...)
+	// Without an API token the API takes no sync at all.
+	if code, body := syncAPI(t, d.url, g.apiToken); code != http.StatusForbidden || !strings.Contains(body, "--api-token-file") {
+		t.Errorf("sync with no API token configured: %d %s, want 403 naming --api-token-file", code, body)
+	}
 	g.waitRunning(t, 60*time.Second, "alpha")
 	d.settle()
 	if err := g.rt.StopContainer(context.Background(), g.containers(t)["alpha"].ID, time.Second); err != nil {
@@ -394,8 +452,13 @@ func TestStatusPageInChromium(t *testing.T) {
 // Without webhooks, the poll picks up a pushed commit.
 func TestServePollsForNewCommits(t *testing.T) {
 	g := newGitLab(t)
-	args := append(append([]string(nil), g.args...), "--poll-interval", "300ms")
+	// The API token can come from the environment too.
+	t.Setenv("LABSYNC_API_TOKEN", "env-t0ken")
+	args := append(withoutFlag(g.args, "--api-token-file"), "--poll-interval", "300ms")
 	d := startDaemon(t, args...)
+	if code, body := syncAPI(t, d.url, "env-t0ken"); code != http.StatusAccepted {
+		t.Errorf("sync with LABSYNC_API_TOKEN: %d %s", code, body)
+	}
 	g.waitRunning(t, 60*time.Second, "alpha")
 	g.repo.Commit("add beta", map[string]string{"sut/beta.conf": agentConfFor("beta")})
 	g.waitRunning(t, 60*time.Second, "alpha", "beta")
