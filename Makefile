@@ -24,9 +24,16 @@ test: ## set up what the tests need (Docker), then vet and run every test
 test-short: ## unit tests only, no Docker
 	$(GO) test -count=1 -short ./lab/... ./testflinger/... ./internal/yamlcheck/...
 
+FUZZTIME ?= 60s
+
 .PHONY: fuzz
-fuzz: ## fuzz the MQTT submit parser for a minute
-	$(GO) test -run '^$$' -fuzz FuzzParseSubmit -fuzztime 60s ./mqttbus/
+fuzz: ## run every fuzz target (lab loader, compose reader, webhook and MQTT submit parsers) for FUZZTIME (60s) each
+	@set -e; for pkg in $$(grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u); do \
+	  for target in $$(grep -h '^func Fuzz' $$pkg/*_test.go | sed 's/func \(Fuzz[A-Za-z0-9_]*\).*/\1/'); do \
+	    echo "== $$target ($$pkg)"; \
+	    $(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) $$pkg; \
+	  done; \
+	done
 
 .PHONY: lint
 lint: ## gofmt, go vet and staticcheck
