@@ -45,7 +45,36 @@ type PipelineOptions struct {
 	JobTimeout time.Duration
 	// Drift, when set, reports drift that persists over two checks.
 	Drift *DriftReporter
+	// Planner plans a fetched head; the default plans in this process.
+	// labsync serve plans in a child process with limits (PlanTree is
+	// what that process runs), so no pull request can crash or stall the
+	// daemon.
+	Planner Planner
+	// Load bounds and the host policy used when planning in-process.
+	Load lab.LoadOptions
 }
+
+// PlanRequest is one pull request head to plan; it is in the cache.
+type PlanRequest struct {
+	Number int    `json:"number"`
+	Head   string `json:"head"`
+	Fork   bool   `json:"fork"`
+	// Lab names the comment and status: the lab as it is applied.
+	Lab string `json:"lab"`
+	// DefaultName is the lab name when the head's lab.yaml sets none.
+	DefaultName string `json:"default_name"`
+	BlobURL     string `json:"blob_url"`
+}
+
+// Planner plans one pull request head.
+type Planner func(ctx context.Context, req PlanRequest) (PlanResult, error)
+
+// maxPending bounds the pull requests waiting to be planned; maxHeads the
+// heads remembered for polling.
+const (
+	maxPending = 100
+	maxHeads   = 1000
+)
 
 // Pipeline plans pull requests and reports applies on GitHub, on its own
 // goroutine: nothing it does ever holds up a pass.
@@ -79,7 +108,11 @@ func NewPipeline(o PipelineOptions) *Pipeline {
 	if o.JobTimeout == 0 {
 		o.JobTimeout = 2 * time.Minute
 	}
-	return &Pipeline{opts: o, log: o.Logger, wake: make(chan struct{}, 1), pending: map[int]pullJob{}, lastHead: map[int]string{}}
+	p := &Pipeline{opts: o, log: o.Logger, wake: make(chan struct{}, 1), pending: map[int]pullJob{}, lastHead: map[int]string{}}
+	if p.opts.Planner == nil {
+		p.opts.Planner = p.planInProcess
+	}
+	return p
 }
 
 func (p *Pipeline) kick() {
@@ -93,9 +126,21 @@ func (p *Pipeline) kick() {
 // blocks; a newer request for the same pull request replaces an older one.
 func (p *Pipeline) PullRequest(number int, head string, fork bool) {
 	p.mu.Lock()
-	p.pending[number] = pullJob{head: head, fork: fork}
+	ok := p.queue(number, pullJob{head: head, fork: fork})
 	p.mu.Unlock()
+	if !ok {
+		p.log.Warn("pull request not queued: too many wait to be planned", "pr", number, "waiting", maxPending)
+	}
 	p.kick()
+}
+
+// queue records a request unless maxPending others wait; callers hold mu.
+func (p *Pipeline) queue(number int, j pullJob) bool {
+	if _, ok := p.pending[number]; !ok && len(p.pending) >= maxPending {
+		return false
+	}
+	p.pending[number] = j
+	return true
 }
 
 // Applied reports a pass that applied a revision to the pull requests
@@ -143,9 +188,15 @@ func (p *Pipeline) Run(ctx context.Context) {
 		jobs, applies, drift := p.pending, p.applies, p.drift
 		p.pending, p.applies, p.drift = map[int]pullJob{}, nil, nil
 		p.mu.Unlock()
-		job := func(f func(context.Context) error) error {
+		job := func(f func(context.Context) error) (err error) {
 			jctx, cancel := context.WithTimeout(ctx, p.opts.JobTimeout)
 			defer cancel()
+			// A bug must not end the daemon: the job fails alone.
+			defer func() {
+				if r := recover(); r != nil {
+					err = fmt.Errorf("panic: %v", r)
+				}
+			}()
 			return f(jctx)
 		}
 		if drift != nil {
@@ -174,23 +225,34 @@ func (p *Pipeline) pollOpen(ctx context.Context) {
 		return
 	}
 	p.mu.Lock()
+	open := map[int]bool{}
 	for _, pr := range pulls {
+		open[pr.Number] = true
 		if p.opts.Branch != "" && pr.Base != p.opts.Branch {
 			continue
 		}
 		if p.lastHead[pr.Number] != pr.Head {
-			p.pending[pr.Number] = pullJob{head: pr.Head, fork: pr.Fork}
+			p.queue(pr.Number, pullJob{head: pr.Head, fork: pr.Fork})
+		}
+	}
+	// Closed pull requests are forgotten.
+	for n := range p.lastHead {
+		if !open[n] {
+			delete(p.lastHead, n)
 		}
 	}
 	p.mu.Unlock()
 }
 
-// PlanResult is what a pull request's plan found, for tests and logs.
+// PlanResult is what a pull request's plan found.
 type PlanResult struct {
-	Lab     string
-	Head    string
-	Body    string
-	Invalid bool
+	Lab     string `json:"lab"`
+	Head    string `json:"head"`
+	Body    string `json:"body"`
+	Invalid bool   `json:"invalid"`
+	// Failed says why the plan could not be made (a crash, a limit);
+	// the body then says so.
+	Failed string `json:"failed,omitempty"`
 }
 
 // planPull fetches the pull request's head, validates and plans it against
@@ -207,7 +269,10 @@ func (p *Pipeline) planPull(ctx context.Context, number int, j pullJob) error {
 		return err
 	}()
 	state, desc := StateSuccess, "valid"
-	if res.Invalid {
+	switch {
+	case res.Failed != "":
+		state, desc = StateError, "not planned: "+res.Failed
+	case res.Invalid:
 		state, desc = StateFailure, "invalid: see the labsync comment for each file:line"
 	}
 	if err := gh.SetStatus(ctx, res.Head, "labsync/"+res.Lab+"/plan", state, desc); err != nil {
@@ -217,13 +282,20 @@ func (p *Pipeline) planPull(ctx context.Context, number int, j pullJob) error {
 		return commentErr
 	}
 	p.mu.Lock()
-	p.lastHead[number] = res.Head
+	if _, ok := p.lastHead[number]; ok || len(p.lastHead) < maxHeads {
+		p.lastHead[number] = res.Head
+	}
 	p.mu.Unlock()
+	if res.Failed != "" {
+		p.log.Warn("pull request could not be planned", "pr", number, "head", short(res.Head), "reason", res.Failed)
+		return nil
+	}
 	p.log.Info("pull request planned", "pr", number, "head", short(res.Head), "invalid", res.Invalid)
 	return nil
 }
 
-// Plan computes a pull request's plan and its comment, without GitHub.
+// Plan fetches a pull request's head and computes its plan and comment,
+// without GitHub.
 func (p *Pipeline) Plan(ctx context.Context, number int, j pullJob) (PlanResult, error) {
 	head, err := p.opts.Source.FetchRef(ctx, fmt.Sprintf("refs/pull/%d/head", number))
 	if err != nil {
@@ -232,36 +304,58 @@ func (p *Pipeline) Plan(ctx context.Context, number int, j pullJob) (PlanResult,
 	if j.head != "" && head != j.head {
 		p.log.Info("pull request head moved since the event; planning the newest", "pr", number, "event", short(j.head), "fetched", short(head))
 	}
-	tree, err := p.opts.Source.Tree(head)
-	if err != nil {
-		return PlanResult{}, err
-	}
 	// The comment and status belong to the lab as it is applied, whatever
 	// name the pull request gives it.
 	name := p.opts.Lab
 	if p.opts.LabName != nil && p.opts.LabName() != "" {
 		name = p.opts.LabName()
 	}
-	l, err := lab.Load(tree, lab.LoadOptions{DefaultName: p.opts.Lab})
-	view := PlanView{Lab: name, Head: head, BlobURL: p.opts.BlobURL, Diagnostics: l.Diagnostics, Fork: j.fork}
+	return p.opts.Planner(ctx, PlanRequest{Number: number, Head: head, Fork: j.fork, Lab: name, DefaultName: p.opts.Lab, BlobURL: p.opts.BlobURL})
+}
+
+func (p *Pipeline) planInProcess(ctx context.Context, req PlanRequest) (PlanResult, error) {
+	tree, err := p.opts.Source.Tree(req.Head)
+	if err != nil {
+		return PlanResult{}, err
+	}
+	return PlanTree(ctx, tree, p.opts.Docker, req, p.opts.Load)
+}
+
+// PlanTree validates and plans the tree of a pull request's head against
+// what the lab runs, and renders the comment. Nothing is built or run.
+func PlanTree(ctx context.Context, tree fs.FS, docker Observer, req PlanRequest, load lab.LoadOptions) (PlanResult, error) {
+	load.DefaultName = req.DefaultName
+	l, err := lab.LoadContext(ctx, tree, load)
+	view := PlanView{Lab: req.Lab, Head: req.Head, BlobURL: req.BlobURL, Diagnostics: l.Diagnostics, Fork: req.Fork}
 	var verr *lab.ValidationError
 	switch {
 	case errors.As(err, &verr):
-		return PlanResult{Lab: name, Head: head, Body: RenderPlan(view), Invalid: true}, nil
+		return PlanResult{Lab: req.Lab, Head: req.Head, Body: RenderPlan(view), Invalid: true}, nil
 	case err != nil:
 		return PlanResult{}, err
 	}
-	d := lab.Compile(l, lab.CompileOptions{Revision: head})
-	if d.Lab != name {
+	d := lab.Compile(l, lab.CompileOptions{Revision: req.Head})
+	if d.Lab != req.Lab {
 		view.Diagnostics = append(view.Diagnostics, lab.Diagnostic{File: "lab.yaml", Severity: lab.SeverityWarning,
-			Message: fmt.Sprintf("this pull request renames the lab from %s to %s: after the merge labsync manages the containers of %s as a new lab and prunes those of %s", name, d.Lab, d.Lab, name)})
+			Message: fmt.Sprintf("this pull request renames the lab from %s to %s: after the merge labsync manages the containers of %s as a new lab and prunes those of %s", req.Lab, d.Lab, d.Lab, req.Lab)})
 	}
-	obs, err := p.opts.Docker.Observe(ctx, d.Lab)
+	obs, err := docker.Observe(ctx, d.Lab)
 	if err != nil {
 		return PlanResult{}, err
 	}
 	view.Plan = reconciler.Plan(d, obs, reconciler.PlanOptions{})
-	return PlanResult{Lab: name, Head: head, Body: RenderPlan(view)}, nil
+	return PlanResult{Lab: req.Lab, Head: req.Head, Body: RenderPlan(view)}, nil
+}
+
+// FailedPlan is the result for a head whose planning could not finish: the
+// comment says why, and that nothing of it reached the lab host.
+func FailedPlan(req PlanRequest, reason string) PlanResult {
+	body := fmt.Sprintf("%s\n### labsync · `%s` · plan for `%s`\n\n"+
+		"⚠️ **labsync could not plan this revision**: the planning %s.\n\n"+
+		"Pull requests are planned in a separate process with limits on memory, CPU and time, so that no pull request can disturb the lab host: nothing of this one was applied, and the lab keeps converging. "+
+		"Push a smaller change, or ask an operator to look at the labsync log for pull request #%d.\n",
+		Marker(req.Lab), req.Lab, short(req.Head), cell(reason), req.Number)
+	return PlanResult{Lab: req.Lab, Head: req.Head, Body: body, Failed: reason}
 }
 
 // reportApply updates the sticky comment of each pull request that brought

@@ -125,6 +125,18 @@ func Open(opts Options) (*Source, error) {
 	return &Source{opts: opts, auth: auth, repo: repo}, nil
 }
 
+// OpenCache opens the cache that Open made for remote (a URL without
+// credentials, as URL returns it) in cacheDir, to read trees of what was
+// fetched: no credentials, nothing created, fetched or removed.
+func OpenCache(remote, base string) (*Source, error) {
+	dir := cacheDir(base, remote)
+	repo, err := git.PlainOpen(dir)
+	if err != nil {
+		return nil, fmt.Errorf("git cache %s: %w", dir, err)
+	}
+	return &Source{opts: Options{URL: remote, CacheDir: base}, repo: repo}, nil
+}
+
 // cacheDir is the cache folder of remote inside base.
 func cacheDir(base, remote string) string {
 	sum := sha256.Sum256([]byte(remote))

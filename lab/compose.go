@@ -291,6 +291,7 @@ func (l *Lab) loadStack() {
 	}
 	sort.Slice(st.Services, func(i, j int) bool { return st.Services[i].Name < st.Services[j].Name })
 	l.checkDependencies(file, st)
+	l.checkPolicy(file, st)
 	l.Stack = st
 }
 

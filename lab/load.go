@@ -48,6 +48,9 @@ type LoadOptions struct {
 	// 0 means MaxFiles and MaxBytes.
 	MaxFiles int
 	MaxBytes int64
+	// Policy is the host policy the lab must keep to; nil means
+	// DefaultPolicy.
+	Policy *Policy
 }
 
 // Lab is a loaded, validated lab repository.
@@ -64,6 +67,7 @@ type Lab struct {
 	Diagnostics Diagnostics
 
 	ctx     context.Context
+	policy  Policy
 	fsys    fs.FS
 	maxSize int64
 	files   map[string][]byte
@@ -143,6 +147,10 @@ func LoadContext(ctx context.Context, fsys fs.FS, opts LoadOptions) (*Lab, error
 		budget: budget{maxFiles: opts.MaxFiles, maxBytes: opts.MaxBytes}}
 	if l.maxSize <= 0 {
 		l.maxSize = MaxFileSize
+	}
+	l.policy = DefaultPolicy()
+	if opts.Policy != nil {
+		l.policy = *opts.Policy
 	}
 	if l.budget.maxFiles <= 0 {
 		l.budget.maxFiles = MaxFiles

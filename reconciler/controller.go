@@ -42,6 +42,11 @@ type ControllerOptions struct {
 	Docker Docker
 	// DefaultName is the lab name when lab.yaml sets none.
 	DefaultName string
+	// Load bounds loading a revision and carries the host policy; its
+	// DefaultName is ignored.
+	Load lab.LoadOptions
+	// LoadTimeout bounds loading one revision (default 2m).
+	LoadTimeout time.Duration
 	// PollInterval is how often the remote head is checked; 0 disables
 	// polling. Each wait is jittered by up to 10%.
 	PollInterval time.Duration
@@ -181,6 +186,10 @@ func NewController(opts ControllerOptions) *Controller {
 	if opts.BusyRecheck == 0 {
 		opts.BusyRecheck = 30 * time.Second
 	}
+	if opts.LoadTimeout == 0 {
+		opts.LoadTimeout = 2 * time.Minute
+	}
+	opts.Load.DefaultName = opts.DefaultName
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -410,7 +419,14 @@ func (c *Controller) stepDesired(ctx context.Context, run *Run) error {
 		if err != nil {
 			return err
 		}
-		l, err := lab.Load(tree, lab.LoadOptions{DefaultName: c.opts.DefaultName})
+		lctx, cancel := context.WithTimeout(ctx, c.opts.LoadTimeout)
+		l, err := lab.LoadContext(lctx, tree, c.opts.Load)
+		stopped := lctx.Err()
+		cancel()
+		if stopped != nil {
+			// Not an answer about the revision: the pass is retried.
+			return fmt.Errorf("load revision %s: %w", short(rev), err)
+		}
 		run.Diagnostics = l.Diagnostics
 		var verr *lab.ValidationError
 		if errors.As(err, &verr) {

@@ -84,7 +84,11 @@ volumes:
   cache: {}
 `)},
 	}
-	l, err := lab.Load(fsys, lab.LoadOptions{})
+	// The service asks for a host path and a capability: the operator
+	// allows them.
+	policy := lab.DefaultPolicy()
+	policy.BindPaths, policy.Capabilities = []string{"/tmp"}, []string{"NET_ADMIN"}
+	l, err := lab.Load(fsys, lab.LoadOptions{Policy: &policy})
 	if err != nil {
 		t.Fatalf("%v\n%s", err, l.Diagnostics)
 	}

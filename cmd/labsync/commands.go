@@ -27,11 +27,13 @@ type common struct {
 	dockerHost string
 	logLevel   string
 	secretsDir string
+	policy     policyFlags
 }
 
 func (c *common) register(fs *flag.FlagSet, docker bool) {
 	fs.StringVar(&c.name, "name", "", "lab name when lab.yaml sets none (default: the folder's or repository's name)")
 	c.git.register(fs)
+	c.policy.register(fs)
 	if docker {
 		fs.StringVar(&c.dockerHost, "docker-host", "", "Docker engine address (default: $DOCKER_HOST or the local socket)")
 		fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
@@ -111,7 +113,14 @@ func loadLab(ctx context.Context, dir string, c *common, stderr io.Writer) (*lab
 	if c.name != "" {
 		name = c.name
 	}
-	l, err := lab.Load(fsys, lab.LoadOptions{DefaultName: name})
+	policy, err := c.policy.policy()
+	if err != nil {
+		return nil, "", err
+	}
+	l, err := lab.LoadContext(ctx, fsys, lab.LoadOptions{DefaultName: name, Policy: policy})
+	if ctx.Err() != nil {
+		return nil, "", ctx.Err()
+	}
 	for _, d := range l.Diagnostics {
 		fmt.Fprintln(stderr, d.String())
 	}

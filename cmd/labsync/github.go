@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"flag"
+	"fmt"
 	"log/slog"
 	"path/filepath"
 	"strings"
@@ -11,6 +12,8 @@ import (
 
 	"github.com/labsync/labsync/forge"
 	"github.com/labsync/labsync/gitsource"
+	"github.com/labsync/labsync/internal/sandbox"
+	"github.com/labsync/labsync/lab"
 	"github.com/labsync/labsync/reconciler"
 )
 
@@ -18,6 +21,8 @@ import (
 type githubFlags struct {
 	tokenFile, repo, apiURL, webURL, login string
 	prPoll                                 time.Duration
+	planMemory                             string
+	planCPU, planTimeout                   time.Duration
 }
 
 func (g *githubFlags) register(fs *flag.FlagSet) {
@@ -27,13 +32,36 @@ func (g *githubFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&g.webURL, "github-web-url", "https://github.com", "web root for links to files in comments")
 	fs.StringVar(&g.login, "github-login", "", "the bot's login, to find its comments (default: the token's user)")
 	fs.DurationVar(&g.prPoll, "pr-poll-interval", 0, "also plan open pull requests whose head moved, this often (for labs GitHub cannot reach); 0: webhooks only")
+	fs.StringVar(&g.planMemory, "pr-plan-memory", "512m", "memory limit of the process that plans a pull request")
+	fs.DurationVar(&g.planCPU, "pr-plan-cpu", time.Minute, "CPU time limit of the process that plans a pull request")
+	fs.DurationVar(&g.planTimeout, "pr-plan-timeout", 90*time.Second, "time limit of the process that plans a pull request")
+}
+
+// planLimits are the limits of the pull-request planning process.
+func (g *githubFlags) planLimits() (sandbox.Limits, error) {
+	mem, err := lab.ParseByteSize(g.planMemory)
+	if err != nil || mem < 32<<20 {
+		return sandbox.Limits{}, usageError{fmt.Sprintf("--pr-plan-memory %q: give a size of 32m or more, e.g. 512m", g.planMemory)}
+	}
+	if g.planCPU <= 0 || g.planTimeout <= 0 {
+		return sandbox.Limits{}, usageError{"--pr-plan-cpu and --pr-plan-timeout must be above 0"}
+	}
+	return sandbox.Limits{Memory: mem, CPU: g.planCPU, Wall: g.planTimeout}, nil
 }
 
 // start makes the pull-request pipeline, or returns nil when no token is
 // given.
-func (g *githubFlags) start(ctx context.Context, git *gitFlags, labName, dataDir string, tracked *gitsource.Source, current func() string, docker forge.Observer, log *slog.Logger) (*forge.Pipeline, error) {
+func (g *githubFlags) start(ctx context.Context, git *gitFlags, labName, dataDir, dockerHost string, policy *lab.Policy, tracked *gitsource.Source, current func() string, docker forge.Observer, log *slog.Logger) (*forge.Pipeline, error) {
 	token, err := readSecret(g.tokenFile, "LABSYNC_GITHUB_TOKEN")
 	if err != nil || token == "" {
+		return nil, err
+	}
+	limits, err := g.planLimits()
+	if err != nil {
+		return nil, err
+	}
+	exe, err := executable()
+	if err != nil {
 		return nil, err
 	}
 	spec := g.repo
@@ -59,9 +87,10 @@ func (g *githubFlags) start(ctx context.Context, git *gitFlags, labName, dataDir
 	// Drift is traced through the tracked branch's history.
 	drift := forge.NewDriftReporter(forge.DriftOptions{GitHub: client, History: tracked, Lab: labName,
 		StateFile: filepath.Join(dataDir, "drift-reports.json"), Logger: log})
+	planner := &childPlanner{exe: exe, gitURL: src.URL(), gitCache: pulls.cacheDir, dockerHost: dockerHost, policy: policy, limits: limits, log: log}
 	p := forge.NewPipeline(forge.PipelineOptions{GitHub: client, Source: src, Docker: docker, Lab: labName,
 		BlobURL: forge.BlobURL(strings.TrimRight(g.webURL, "/"), owner, repo), Logger: log, Interval: g.prPoll, Drift: drift,
-		LabName: current, Branch: git.branch})
+		LabName: current, Branch: git.branch, Planner: planner.plan, Load: lab.LoadOptions{Policy: policy}})
 	go p.Run(ctx)
 	log.Info("pull-request feedback on GitHub", "repo", owner+"/"+repo)
 	return p, nil

@@ -101,6 +101,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runStatus(ctx, args[1:], stdout, stderr)
 	case "apply":
 		return runApply(ctx, args[1:], stdout, stderr)
+	case "plan-pull":
+		return runPlanPull(ctx, os.Stdin, stdout)
 	case "version", "--version":
 		fmt.Fprintf(stdout, "labsync %s\n", version)
 		return nil

@@ -111,7 +111,7 @@ func applyEnvAndConfig(fs *flag.FlagSet, configFile string) error {
 			return
 		}
 		if v, ok := fromFile[f.Name]; ok {
-			if e := f.Value.Set(fmt.Sprint(v)); e != nil {
+			if e := f.Value.Set(configValue(v)); e != nil {
 				err = fmt.Errorf("config file %s: %s: %w", configFile, f.Name, e)
 			}
 		}
@@ -175,7 +175,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	defer rt.Close()
 	name := f.name
 	if name == "" {
-		name = strings.TrimSuffix(filepath.Base(strings.TrimRight(strings.ReplaceAll(f.git.repo, ":", "/"), "/")), ".git")
+		name = repoName(src.URL())
 	}
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -187,7 +187,11 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		return ""
 	}
-	pipeline, err := f.github.start(ctx, &f.git, name, f.dataDir, src, currentLab, rt, log)
+	policy, err := f.policy.policy()
+	if err != nil {
+		return err
+	}
+	pipeline, err := f.github.start(ctx, &f.git, name, f.dataDir, f.dockerHost, policy, src, currentLab, rt, log)
 	if err != nil {
 		return err
 	}
@@ -199,7 +203,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer mq.close()
 	ctrl := reconciler.NewController(reconciler.ControllerOptions{
-		Source: src, Docker: rt, DefaultName: name,
+		Source: src, Docker: rt, DefaultName: name, Load: lab.LoadOptions{Policy: policy},
 		PollInterval: f.pollInterval, MinBackoff: f.minBackoff, MaxBackoff: f.maxBackoff,
 		ForcePrune:  f.forcePrune,
 		Apply:       reconciler.ApplyOptions{Parallelism: f.parallelism, StopTimeout: f.stopTimeout, IgnoreBusy: f.ignoreBusy},

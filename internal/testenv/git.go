@@ -83,6 +83,13 @@ func (gs *GitServer) NewRepo(t testing.TB, name string) *Repo {
 // returns the new commit's hash.
 func (r *Repo) Commit(msg string, files map[string]string) string {
 	r.t.Helper()
+	return r.CommitTo("refs/heads/main", msg, files)
+}
+
+// CommitTo is Commit pushed to ref (e.g. refs/pull/7/head) instead of
+// main.
+func (r *Repo) CommitTo(ref, msg string, files map[string]string) string {
+	r.t.Helper()
 	for name, content := range files {
 		p := filepath.Join(r.Dir, name)
 		if content == "" {
@@ -95,7 +102,7 @@ func (r *Repo) Commit(msg string, files map[string]string) string {
 	}
 	Git(r.t, r.Dir, "add", "-A")
 	Git(r.t, r.Dir, "commit", "-q", "-m", msg)
-	Git(r.t, r.Dir, "push", "-q", "origin", "HEAD:main")
+	Git(r.t, r.Dir, "push", "-q", "origin", "HEAD:"+ref)
 	return strings.TrimSpace(Git(r.t, r.Dir, "rev-parse", "HEAD"))
 }
 
