@@ -81,6 +81,7 @@ func TestHostileYAMLIsAnError(t *testing.T) {
 		{"self-including merge in lab.yaml", "lab.yaml", "agents: &a\n  dir: sut\n  <<: *a\n", 3, "includes itself"},
 		{"self-including merge in the compose file", "docker-compose.yaml", "services:\n  redis: &r\n    image: redis\n    <<: *r\n", 4, "includes itself"},
 		{"exponential merge chain in the compose file", "docker-compose.yaml", mergeChain(40), 0, "expand to more than"},
+		{"a compose file of too many nodes", "docker-compose.yaml", "services: {}\nx-junk: [" + strings.Repeat("{},", lab.MaxComposeNodes) + "{}]\n", 2, "YAML nodes"},
 		{"self-including alias in a SUT file", "sut/alpha.yaml", "job_queue: alpha\ntest_data: &t\n  test_cmds: [*t]\n", 3, "includes itself"},
 	}
 	for _, tc := range cases {
@@ -230,4 +231,53 @@ func TestLoadHonoursContext(t *testing.T) {
 	if cfs.total > 22 {
 		t.Errorf("%d files opened after the context ended at 20", cfs.total-20)
 	}
+}
+
+// An env file whose values double by referring to each other is an error,
+// found before the expansion is made.
+func TestEnvFileExpansionIsBounded(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("A0=xxxxxxxxxxxxxxxx\n")
+	for i := 1; i <= 40; i++ {
+		fmt.Fprintf(&b, "A%d=${A%d}${A%d}\n", i, i-1, i-1)
+	}
+	fsys := hostileLab(map[string]string{
+		"docker-compose.yaml": "services:\n  a:\n    image: redis\n    env_file: [bomb.env]\n",
+		"bomb.env":            b.String(),
+	})
+	start := time.Now()
+	l, err := lab.Load(fsys, lab.LoadOptions{DefaultName: "h"})
+	t.Logf("loaded in %s", time.Since(start).Round(time.Millisecond))
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	for _, d := range l.Diagnostics {
+		if d.File == "bomb.env" && d.Line > 0 && strings.Contains(d.Message, "expand") {
+			return
+		}
+	}
+	t.Fatalf("no bomb.env:line error in:\n%s", l.Diagnostics)
+}
+
+// A .dockerignore is a lab file like others: bounded in size, and in the
+// patterns every file of the context is matched against.
+func TestDockerignoreIsBounded(t *testing.T) {
+	var b strings.Builder
+	for i := range lab.MaxIgnorePatterns + 1 {
+		fmt.Fprintf(&b, "junk%d/**\n", i)
+	}
+	fsys := hostileLab(map[string]string{
+		"images/agent/Dockerfile":    "FROM scratch\n",
+		"images/agent/.dockerignore": b.String(),
+	})
+	l, err := lab.Load(fsys, lab.LoadOptions{DefaultName: "h"})
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	for _, d := range l.Diagnostics {
+		if strings.HasSuffix(d.File, ".dockerignore") && strings.Contains(d.Message, "patterns") {
+			return
+		}
+	}
+	t.Fatalf("no .dockerignore error in:\n%s", l.Diagnostics)
 }

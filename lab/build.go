@@ -131,14 +131,18 @@ func buildKey(b *BuildContext) string {
 	return sb.String()
 }
 
-// errBudget stops a walk of the repository once the read budget is spent;
-// the budget has reported it.
-var errBudget = errors.New("read budget spent")
+// errReported stops a walk of the repository for a problem already
+// reported: the read budget is spent, or a file of the walk is refused.
+var errReported = errors.New("reported")
+
+// MaxIgnorePatterns bounds the patterns of a .dockerignore: every file of
+// its context is matched against each.
+const MaxIgnorePatterns = 1000
 
 // reportContextError reports a failed walk or digest of a folder, unless
 // the budget or the context stopped it (reported elsewhere).
 func (l *Lab) reportContextError(where string, line int, what string, err error) {
-	if errors.Is(err, errBudget) || l.ctx.Err() != nil {
+	if errors.Is(err, errReported) || l.ctx.Err() != nil {
 		return
 	}
 	l.d.errorf(where, line, "%s: %v", what, err)
@@ -157,25 +161,35 @@ func (l *Lab) contextFiles(dir, dockerfile string) ([]ContextFile, error) {
 	if c, ok := l.listings[key]; ok {
 		return c.files, c.err
 	}
-	files, err := contextFilesOf(l.ctx, l.fsys, dir, dockerfile, func(rel string) bool { return l.spend(path.Join(dir, rel), 1, 0) })
+	ignoreFile := path.Join(dir, ".dockerignore")
+	ignore, ok := l.readOptional(ignoreFile) // bounded like every lab file
+	if !ok && l.hasDiag(ignoreFile) {
+		l.listings[key] = listing{nil, errReported}
+		return nil, errReported
+	}
+	files, err := contextFilesOf(l.ctx, l.fsys, dir, dockerfile, ignore, func(rel string) bool { return l.spend(path.Join(dir, rel), 1, 0) })
+	if errors.Is(err, errTooManyPatterns) {
+		l.d.errorf(ignoreFile, 0, "has more than %d patterns; every file of the context is matched against each, so keep it short", MaxIgnorePatterns)
+		err = errReported
+	}
 	l.listings[key] = listing{files, err}
 	return files, err
 }
 
-// contextFilesOf lists the files of a build context, honouring
-// .dockerignore the way docker build does. The Dockerfile and
-// .dockerignore are always sent, as docker build needs them. charge is
-// called for each file listed; the walk stops when it returns false or
-// ctx ends.
-func contextFilesOf(ctx context.Context, fsys fs.FS, dir, dockerfile string, charge func(rel string) bool) ([]ContextFile, error) {
-	var patterns []string
-	if data, err := fs.ReadFile(fsys, path.Join(dir, ".dockerignore")); err == nil {
-		patterns, err = ignorefile.ReadAll(bytes.NewReader(data))
-		if err != nil {
-			return nil, fmt.Errorf("read .dockerignore: %w", err)
-		}
-	} else if !errors.Is(err, fs.ErrNotExist) {
+var errTooManyPatterns = errors.New("too many .dockerignore patterns")
+
+// contextFilesOf lists the files of a build context, honouring the
+// patterns of its .dockerignore (ignore; nil when there is none) the way
+// docker build does. The Dockerfile and .dockerignore are always sent, as
+// docker build needs them. charge is called for each file listed; the
+// walk stops when it returns false or ctx ends.
+func contextFilesOf(ctx context.Context, fsys fs.FS, dir, dockerfile string, ignore []byte, charge func(rel string) bool) ([]ContextFile, error) {
+	patterns, err := ignorefile.ReadAll(bytes.NewReader(ignore))
+	if err != nil {
 		return nil, fmt.Errorf("read .dockerignore: %w", err)
+	}
+	if len(patterns) > MaxIgnorePatterns {
+		return nil, errTooManyPatterns
 	}
 	pm, err := patternmatcher.New(patterns)
 	if err != nil {
@@ -228,7 +242,7 @@ func contextFilesOf(ctx context.Context, fsys fs.FS, dir, dockerfile string, cha
 			return fmt.Errorf("larger than %d MiB; exclude what the image does not need in .dockerignore", MaxContextSize>>20)
 		}
 		if !charge(rel) {
-			return errBudget
+			return errReported
 		}
 		out = append(out, ContextFile{Path: rel, Mode: info.Mode(), Size: info.Size()})
 		return nil
@@ -258,7 +272,7 @@ func (l *Lab) contextDigest(b *BuildContext) (string, error) {
 			return "", err
 		}
 		if !l.spend(path.Join(b.Dir, f.Path), 0, f.Size) {
-			return "", errBudget
+			return "", errReported
 		}
 		exec := f.Mode.Perm()&0o111 != 0
 		fmt.Fprintf(h, "file\x00%s\x00%t\x00%d\x00", f.Path, exec, f.Size)

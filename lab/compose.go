@@ -10,13 +10,20 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/compose-spec/compose-go/v2/dotenv"
 	"github.com/compose-spec/compose-go/v2/loader"
 	"github.com/compose-spec/compose-go/v2/types"
 	"gopkg.in/yaml.v3"
 
 	"github.com/labsync/labsync/internal/yamlcheck"
 )
+
+// dockerNetworks are the networks every engine has.
+var dockerNetworks = []string{"host", "bridge", "none"}
+
+// MaxComposeNodes bounds the YAML nodes of the compose file: compose-go
+// spends far more memory per node than labsync's own checks. A stack of
+// 200 services of 20 keys each is about 10,000.
+const MaxComposeNodes = 25_000
 
 // StackFiles are the compose files looked for, in order, when lab.yaml does
 // not name one.
@@ -183,7 +190,9 @@ func (l *Lab) loadStack() {
 		}
 		return
 	}
-	root, f := yamlcheck.Parse(data)
+	bounds := yamlcheck.DefaultBounds()
+	bounds.MaxNodes = MaxComposeNodes
+	root, f := yamlcheck.ParseBounded(data, bounds)
 	if f != nil {
 		l.d.add(file, *f)
 		return
@@ -227,7 +236,11 @@ func (l *Lab) loadStack() {
 			}
 		case "networks":
 			for _, p := range yamlcheck.Pairs(v) {
-				st.Networks[p.Key] = &StackNetwork{Key: p.Key, Line: p.KeyN.Line, Name: explicitName(p.Value, l.Name+"_"+p.Key)}
+				sn := &StackNetwork{Key: p.Key, Line: p.KeyN.Line, Name: explicitName(p.Value, l.Name+"_"+p.Key)}
+				if slices.Contains(dockerNetworks, sn.Name) {
+					l.d.errorf(file, p.KeyN.Line, "network '%s' is named %s, one of Docker's own networks; labsync creates the networks it uses, so give it another name", p.Key, sn.Name)
+				}
+				st.Networks[p.Key] = sn
 			}
 		case "volumes":
 			for _, p := range yamlcheck.Pairs(v) {
@@ -325,97 +338,6 @@ func explicitName(n *yaml.Node, def string) string {
 	return def
 }
 
-type envFileRef struct {
-	path     string
-	line     int
-	required bool
-}
-
-// takeEnvFiles removes env_file from a service node (labsync reads those
-// files from the repository itself) and returns them.
-func (l *Lab) takeEnvFiles(file string, svc *yaml.Node) []envFileRef {
-	svc = yamlcheck.Resolve(svc)
-	if !yamlcheck.IsMap(svc) {
-		return nil
-	}
-	var refs []envFileRef
-	var kept []*yaml.Node
-	for i := 0; i+1 < len(svc.Content); i += 2 {
-		k, v := svc.Content[i], yamlcheck.Resolve(svc.Content[i+1])
-		if k.Value != "env_file" {
-			kept = append(kept, svc.Content[i], svc.Content[i+1])
-			continue
-		}
-		items := []*yaml.Node{v}
-		if yamlcheck.IsSeq(v) {
-			items = yamlcheck.Items(v)
-		}
-		for _, it := range items {
-			ref := envFileRef{line: it.Line, required: true}
-			switch {
-			case yamlcheck.IsScalar(it):
-				ref.path = it.Value
-			case yamlcheck.IsMap(it):
-				for _, p := range yamlcheck.Pairs(it) {
-					switch p.Key {
-					case "path":
-						ref.path = p.Value.Value
-					case "required":
-						ref.required = p.Value.Value != "false"
-					default:
-						l.d.errorf(file, p.KeyN.Line, "env_file: key '%s' is not supported (use path and required)", p.Key)
-					}
-				}
-			default:
-				l.d.errorf(file, it.Line, "env_file must be a path or a list of paths")
-				continue
-			}
-			refs = append(refs, ref)
-		}
-	}
-	svc.Content = kept
-	return refs
-}
-
-// serviceEnv merges a service's env_file entries and its environment.
-func (l *Lab) serviceEnv(file string, svc *Service, refs []envFileRef) map[string]string {
-	env := map[string]string{}
-	dir := path.Dir(file)
-	for _, ref := range refs {
-		p := path.Join(dir, ref.path)
-		if !safePath(path.Join(dir, ref.path)) || path.IsAbs(ref.path) {
-			l.d.errorf(file, ref.line, "service '%s': env_file %q must be a relative path inside the repository", svc.Name, ref.path)
-			continue
-		}
-		if !l.exists(p) {
-			if ref.required {
-				l.d.errorf(file, ref.line, "service '%s': env_file %s not found; add it or mark it required: false", svc.Name, p)
-			}
-			continue
-		}
-		data, ok := l.readOptional(p)
-		if !ok {
-			continue
-		}
-		vars, err := dotenv.ParseWithLookup(bytes.NewReader(data), func(string) (string, bool) { return "", false })
-		if err != nil {
-			l.d.errorf(p, 0, "cannot parse env file: %v", err)
-			continue
-		}
-		for k, v := range vars {
-			env[k] = v
-		}
-	}
-	for k, v := range svc.Config.Environment {
-		if v == nil {
-			l.d.warnf(file, svc.Line, "service '%s': environment %s has no value; labsync reads no host environment, so it is left out", svc.Name, k)
-			continue
-		}
-		env[k] = *v
-	}
-	return env
-}
-
 // checkReferences checks that services use only declared networks and
 // volumes, before compose-go does so without line numbers.
 func (l *Lab) checkReferences(file string, root *yaml.Node, st *Stack) {
@@ -508,8 +430,11 @@ func (l *Lab) checkService(file, dir string, svc *Service, st *Stack) {
 			}
 			l.mountRepoPath(file, svc, path.Clean(rel), v.Target)
 		case types.VolumeTypeVolume, "":
-			if v.Source == "" {
+			switch {
+			case v.Source == "":
 				l.d.errorf(file, svc.Line, "service '%s': anonymous volume %s is lost at every recreate; name it (e.g. data:%s) and declare it under volumes:", svc.Name, v.Target, v.Target)
+			case strings.Contains(v.Source, "/"):
+				l.d.errorf(file, svc.Line, "service '%s': a named volume's source is a name, not the path %q; for a host path use type: bind", svc.Name, v.Source)
 			}
 		default:
 			l.d.errorf(file, svc.Line, "service '%s': volume type %q is not supported; use volume or bind", svc.Name, v.Type)

@@ -24,9 +24,15 @@ type Policy struct {
 	// BindPaths lists the host path prefixes absolute bind mounts may use;
 	// "/" allows any.
 	BindPaths []string `json:"bind_paths,omitempty"`
-	// DockerSocket lists the services that may mount the Docker socket;
-	// "*" allows any.
+	// DockerSocket lists the services that may mount the Docker socket
+	// (or a folder that holds it), as "service=image" or "service"; "*"
+	// allows any. With an image (a repository, without tag), the service
+	// must run that image as it is: not built from the repository, its
+	// entrypoint not replaced. The socket is root on the host.
 	DockerSocket []string `json:"docker_socket,omitempty"`
+	// NetworkDrivers lists the network drivers the stack may use; macvlan
+	// and ipvlan put containers on the host's own networks.
+	NetworkDrivers []string `json:"network_drivers,omitempty"`
 	// Ports are the host port ranges services may publish, e.g.
 	// "1024-65535" or "80,443,8000-9000"; "" allows none.
 	Ports string `json:"ports"`
@@ -36,10 +42,14 @@ type Policy struct {
 }
 
 // DefaultPolicy allows what the example lab needs and nothing more:
-// Portainer on the Docker socket, and unprivileged host ports.
+// Portainer's image on the Docker socket, bridge networks and unprivileged
+// host ports.
 func DefaultPolicy() Policy {
-	return Policy{DockerSocket: []string{"portainer"}, Ports: DefaultPorts}
+	return Policy{DockerSocket: []string{DefaultDockerSocket}, NetworkDrivers: []string{"bridge"}, Ports: DefaultPorts}
 }
+
+// DefaultDockerSocket is the default exception to the Docker socket rule.
+const DefaultDockerSocket = "portainer=portainer/portainer-ce"
 
 // DefaultPorts are the host ports a lab may publish by default: none that
 // needs root to bind.
@@ -120,23 +130,35 @@ func (l *Lab) checkPolicy(file string, st *Stack) {
 				continue
 			}
 			src := path.Clean(v.Source)
-			if slices.Contains(dockerSockets, src) {
-				if !slices.Contains(pol.DockerSocket, "*") && !slices.Contains(pol.DockerSocket, svc.Name) {
-					l.d.errorf(file, at(svc, "volumes"), "service '%s' mounts the Docker socket %s, which the host policy allows only for %s; an operator allows it with --allow-docker-socket %s (the Docker socket is root on the host)", svc.Name, src, orNone(pol.DockerSocket), strings.Join(append(slices.Clone(pol.DockerSocket), svc.Name), ","))
-				}
-				continue
+			socket := slices.ContainsFunc(dockerSockets, func(sock string) bool { return underPrefix(sock, []string{src}) })
+			if socket && !socketAllowed(pol.DockerSocket, svc) {
+				l.d.errorf(file, at(svc, "volumes"), "service '%s' mounts %s, which is or holds the Docker socket; the host policy allows the socket only for %s; an operator allows it with --allow-docker-socket %s (the Docker socket is root on the host)", svc.Name, src, orNone(pol.DockerSocket), strings.Join(append(slices.Clone(pol.DockerSocket), svc.Name), ","))
 			}
-			if !underPrefix(src, pol.BindPaths) {
+			if !slices.Contains(dockerSockets, src) && !underPrefix(src, pol.BindPaths) {
 				l.d.errorf(file, at(svc, "volumes"), "service '%s' bind-mounts host path %s, which the host policy does not allow; an operator allows it with --allow-bind-paths %s, or use a named volume", svc.Name, src, src)
 			}
 		}
+		var refused []string
 		for _, p := range sc.Ports {
-			if p.Published == "" {
-				continue
+			if p.Published != "" && !portsAllowed(p.Published, ports) {
+				refused = append(refused, p.Published)
 			}
-			if !portsAllowed(p.Published, ports) {
-				l.d.errorf(file, at(svc, "ports"), "service '%s' publishes host port %s, outside the ports the host policy allows (%s); an operator allows it with --allow-ports", svc.Name, p.Published, orNone([]string{pol.Ports}))
+		}
+		if len(refused) > 0 {
+			l.d.errorf(file, at(svc, "ports"), "service '%s' publishes host port(s) %s, outside the ports the host policy allows (%s); an operator allows them with --allow-ports", svc.Name, strings.Join(refused, ", "), orNone([]string{pol.Ports}))
+		}
+	}
+	for _, key := range sortedKeys(st.Networks) {
+		driver := st.Networks[key].Config.Driver
+		if driver == "" {
+			driver = "bridge"
+		}
+		if !slices.Contains(pol.NetworkDrivers, driver) {
+			line := lineOf(file, "networks."+key+".driver", l)
+			if line == 0 {
+				line = st.Networks[key].Line
 			}
+			l.d.errorf(file, line, "network '%s' uses driver %s, which the host policy does not allow; an operator allows it with --allow-network-drivers %s", key, driver, strings.Join(append(slices.Clone(pol.NetworkDrivers), driver), ","))
 		}
 	}
 	for _, key := range sortedKeys(st.Volumes) {
@@ -149,6 +171,36 @@ func (l *Lab) checkPolicy(file string, st *Stack) {
 			l.d.errorf(file, line, "volume '%s' sets driver_opts, which the host policy does not allow (with the local driver they bind a host path); an operator allows them with --allow-volume-driver-opts", key)
 		}
 	}
+}
+
+// socketAllowed reports whether the policy's Docker socket entries allow
+// svc: "*", its name, or its name with the image it runs as it is.
+func socketAllowed(entries []string, svc *Service) bool {
+	for _, e := range entries {
+		name, image, pinned := strings.Cut(e, "=")
+		switch {
+		case e == "*":
+			return true
+		case name != svc.Name:
+		case !pinned:
+			return true
+		case svc.Build == nil && svc.Config.Build == nil && len(svc.Config.Entrypoint) == 0 && imageRepository(svc.Config.Image) == imageRepository(image):
+			return true
+		}
+	}
+	return false
+}
+
+// imageRepository is an image reference without its tag or digest and
+// without the default registry: "docker.io/library/redis:7" is "redis".
+func imageRepository(ref string) string {
+	ref, _, _ = strings.Cut(ref, "@")
+	if i := strings.LastIndex(ref, ":"); i > strings.LastIndex(ref, "/") {
+		ref = ref[:i]
+	}
+	ref = strings.TrimPrefix(ref, "docker.io/")
+	ref = strings.TrimPrefix(ref, "index.docker.io/")
+	return strings.TrimPrefix(ref, "library/")
 }
 
 // portsAllowed reports whether a published port or range ("8080",

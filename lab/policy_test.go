@@ -25,9 +25,12 @@ func TestHostPolicy(t *testing.T) {
 		{"capability", "    cap_add: [NET_ADMIN]\n", "", 4, "--allow-cap-add NET_ADMIN", func(p *lab.Policy) { p.Capabilities = []string{"net_admin"} }},
 		{"any capability", "    cap_add: [SYS_ADMIN]\n", "", 4, "--allow-cap-add SYS_ADMIN", func(p *lab.Policy) { p.Capabilities = []string{"ALL"} }},
 		{"device", "    devices: [\"/dev/ttyUSB0:/dev/ttyUSB0\"]\n", "", 4, "--allow-devices /dev/ttyUSB0", func(p *lab.Policy) { p.Devices = []string{"/dev/ttyUSB"} }},
-		{"host root", "    volumes: [\"/:/host\"]\n", "", 4, "--allow-bind-paths /", func(p *lab.Policy) { p.BindPaths = []string{"/"} }},
+		{"host root", "    volumes: [\"/:/host\"]\n", "", 4, "--allow-bind-paths /", func(p *lab.Policy) { p.BindPaths, p.DockerSocket = []string{"/"}, []string{"*"} }},
 		{"host path", "    volumes: [\"/srv/lab/backups:/backups\"]\n", "", 4, "--allow-bind-paths /srv/lab/backups", func(p *lab.Policy) { p.BindPaths = []string{"/srv/lab"} }},
-		{"docker socket", "    volumes: [\"/var/run/docker.sock:/var/run/docker.sock\"]\n", "", 4, "--allow-docker-socket portainer,app", func(p *lab.Policy) { p.DockerSocket = []string{"app"} }},
+		{"docker socket", "    volumes: [\"/var/run/docker.sock:/var/run/docker.sock\"]\n", "", 4, "--allow-docker-socket portainer=portainer/portainer-ce,app", func(p *lab.Policy) { p.DockerSocket = []string{"app"} }},
+		{"docker socket pinned to an image", "    volumes: [\"/var/run/docker.sock:/var/run/docker.sock\"]\n", "", 4, "--allow-docker-socket portainer=portainer/portainer-ce,app", func(p *lab.Policy) { p.DockerSocket = []string{"app=app"} }},
+		{"a folder holding the docker socket", "    volumes: [\"/run:/host-run\"]\n", "", 4, "--allow-docker-socket", func(p *lab.Policy) { p.DockerSocket, p.BindPaths = []string{"*"}, []string{"/run"} }},
+		{"network driver", "", "networks:\n  lan:\n    driver: macvlan\n    driver_opts: {parent: eth0}\n", 6, "--allow-network-drivers bridge,macvlan", func(p *lab.Policy) { p.NetworkDrivers = []string{"bridge", "macvlan"} }},
 		{"docker socket under /run", "    volumes: [{type: bind, source: /run/docker.sock, target: /s}]\n", "", 4, "--allow-docker-socket", func(p *lab.Policy) { p.DockerSocket = []string{"*"} }},
 		{"privileged port", "    ports: [\"80:8080\"]\n", "", 4, "--allow-ports", func(p *lab.Policy) { p.Ports = "80,1024-65535" }},
 		{"port range", "    ports: [\"1000-1030:8000-8030\"]\n", "", 4, "--allow-ports", func(p *lab.Policy) { p.Ports = "1-65535" }},
@@ -62,6 +65,36 @@ func TestHostPolicy(t *testing.T) {
 	}
 }
 
+// The Docker socket exception of the default policy is Portainer's image,
+// run as the image runs it: a service that only takes Portainer's name, or
+// changes its entrypoint, does not get the socket.
+func TestDockerSocketExceptionIsPinned(t *testing.T) {
+	for _, tc := range []struct {
+		name, service string
+		ok            bool
+	}{
+		{"portainer", "    image: portainer/portainer-ce:2.21.4\n    command: [\"-H\", \"unix:///var/run/docker.sock\"]\n", true},
+		{"portainer from docker.io", "    image: docker.io/portainer/portainer-ce@sha256:" + strings.Repeat("a", 64) + "\n", true},
+		{"an impostor", "    image: attacker/tool:1\n", false},
+		{"a lookalike image", "    image: portainer/portainer-ce-evil:1\n", false},
+		{"another entrypoint", "    image: portainer/portainer-ce:2.21.4\n    entrypoint: [/docker]\n", false},
+		{"built from the repository", "    build: ./tool\n", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			compose := "services:\n  portainer:\n" + tc.service + "    volumes: [\"/var/run/docker.sock:/var/run/docker.sock\"]\n"
+			fsys := fstest.MapFS{
+				"sut/alpha.conf":      {Data: []byte(confAlpha)},
+				"docker-compose.yaml": {Data: []byte(compose)},
+				"tool/Dockerfile":     {Data: []byte("FROM scratch\n")},
+			}
+			l, err := lab.Load(fsys, lab.LoadOptions{})
+			if (err == nil) != tc.ok {
+				t.Fatalf("allowed = %v, want %v:\n%s", err == nil, tc.ok, l.Diagnostics)
+			}
+		})
+	}
+}
+
 // The example lab keeps to the default policy.
 func TestExampleLabKeepsToTheDefaultPolicy(t *testing.T) {
 	l, err := lab.Load(os.DirFS("../lab-repo-example"), lab.LoadOptions{})
@@ -85,5 +118,29 @@ func TestParsePorts(t *testing.T) {
 	r, err := lab.ParsePorts("80, 443,8000-9000")
 	if err != nil || len(r) != 3 || r[2] != [2]int{8000, 9000} {
 		t.Errorf("%v %v", r, err)
+	}
+}
+
+// A named volume's source that is a host path, and a network named after
+// one of Docker's own (host, bridge, none), are errors at validate time.
+func TestHostNamesAreRefused(t *testing.T) {
+	for _, tc := range []struct{ name, compose, msg string }{
+		{"volume source is a host path", "services:\n  a:\n    image: a\n    volumes: [{type: volume, source: /root, target: /r}]\n", "named volume"},
+		{"network named host", "services:\n  a:\n    image: a\n    networks: [n]\nnetworks:\n  n:\n    name: host\n", "Docker's own"},
+		{"network named none", "services:\n  a:\n    image: a\n    networks: [n]\nnetworks:\n  n:\n    name: none\n", "Docker's own"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fsys := fstest.MapFS{"sut/alpha.conf": {Data: []byte(confAlpha)}, "docker-compose.yaml": {Data: []byte(tc.compose)}}
+			l, err := lab.Load(fsys, lab.LoadOptions{})
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			for _, d := range l.Diagnostics {
+				if d.File == "docker-compose.yaml" && d.Line > 0 && strings.Contains(d.Message, tc.msg) {
+					return
+				}
+			}
+			t.Fatalf("no error with %q in:\n%s", tc.msg, l.Diagnostics)
+		})
 	}
 }

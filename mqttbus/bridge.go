@@ -200,6 +200,15 @@ func (b *Bridge) onSubmit(topic string, payload []byte) {
 		b.errorEvent("submit", "agent/"+clip(sut), "submit for %q ignored: no such agent in lab %s", clip(sut), st.Lab)
 		return
 	}
+	// At most a few submissions are parsed and sent at once: each may
+	// hold a parsed job of MaxSubmitNodes nodes.
+	select {
+	case b.sem <- struct{}{}:
+	default:
+		b.status(sut, SubmitStatus{State: "error", Error: "too many submissions at once; try again"})
+		return
+	}
+	defer func() { <-b.sem }()
 	job, err := ParseSubmit(sut, payload, info.JobTemplate, info.Queues)
 	if err != nil {
 		b.status(sut, SubmitStatus{State: "error", Error: err.Error()})
@@ -210,13 +219,6 @@ func (b *Bridge) onSubmit(topic string, payload []byte) {
 		b.status(sut, SubmitStatus{State: "error", Error: "no Testflinger server: set testflinger.server in lab.yaml"})
 		return
 	}
-	select {
-	case b.sem <- struct{}{}:
-	default:
-		b.status(sut, SubmitStatus{State: "error", Error: "too many submissions at once; try again"})
-		return
-	}
-	defer func() { <-b.sem }()
 	client := testflinger.NewClient(info.Server)
 	ctx, cancel := context.WithTimeout(b.opts.Context, 30*time.Second)
 	id, err := client.SubmitJob(ctx, job)

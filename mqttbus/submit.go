@@ -73,10 +73,16 @@ func ParseSubmit(sut string, payload, template []byte, queues []string) (map[str
 	return job, checkJob(job)
 }
 
+// MaxSubmitNodes bounds the YAML nodes of a submitted job or a job
+// template; a real job has a few dozen.
+const MaxSubmitNodes = 10_000
+
 // parseYAML reads one YAML (or JSON) document under yamlcheck's bounds,
 // then decodes it.
 func parseYAML(data []byte) (any, error) {
-	n, f := yamlcheck.Parse(data)
+	bounds := yamlcheck.DefaultBounds()
+	bounds.MaxNodes = MaxSubmitNodes
+	n, f := yamlcheck.ParseBounded(data, bounds)
 	if f != nil {
 		return nil, fmt.Errorf("line %d: %s", f.Line, strings.TrimPrefix(f.Msg, "invalid YAML: "))
 	}

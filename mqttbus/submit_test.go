@@ -41,6 +41,7 @@ func TestParseSubmit(t *testing.T) {
 		{name: "self-including merge", payload: "job_queue: dut1\ntest_data: &a\n  test_cmds: x\n  <<: *a\n", err: "invalid YAML"},
 		{name: "billion laughs", payload: "job_queue: dut1\ntest_data: {test_cmds: x}\n" + laughs(9), err: "invalid YAML or JSON job"},
 		{name: "billion laughs in the template", payload: "echo", template: "job_queue: dut1\n" + laughs(9), err: "the job template of dut1 is invalid"},
+		{name: "a huge job", payload: `{"job_queue":"dut1","test_data":{"test_cmds":[` + strings.Repeat("1,", 60000) + `1]}}`, err: "more than 10000 YAML nodes"},
 		{name: "several documents", payload: "job_queue: dut1\ntest_data: {test_cmds: x}\n---\njob_queue: other\n", err: "more than one YAML document"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

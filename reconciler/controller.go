@@ -421,11 +421,17 @@ func (c *Controller) stepDesired(ctx context.Context, run *Run) error {
 		}
 		lctx, cancel := context.WithTimeout(ctx, c.opts.LoadTimeout)
 		l, err := lab.LoadContext(lctx, tree, c.opts.Load)
-		stopped := lctx.Err()
+		tooSlow := lctx.Err() != nil
 		cancel()
-		if stopped != nil {
-			// Not an answer about the revision: the pass is retried.
+		switch {
+		case ctx.Err() != nil:
 			return fmt.Errorf("load revision %s: %w", short(rev), err)
+		case tooSlow:
+			// The revision itself is too much to load: remembered like an
+			// invalid one, so it is not loaded again until a new commit.
+			l.Diagnostics = append(l.Diagnostics, lab.Diagnostic{Severity: lab.SeverityError,
+				Message: fmt.Sprintf("loading this revision took longer than %s; labsync does not try it again; make the lab smaller", c.opts.LoadTimeout)})
+			err = &lab.ValidationError{Diagnostics: l.Diagnostics}
 		}
 		run.Diagnostics = l.Diagnostics
 		var verr *lab.ValidationError

@@ -18,13 +18,14 @@ type policyFlags struct {
 	devices          listFlag
 	bindPaths        listFlag
 	dockerSocket     listFlag
+	networkDrivers   listFlag
 	ports            string
 	volumeDriverOpts bool
 }
 
 func (p *policyFlags) register(fs *flag.FlagSet) {
 	def := lab.DefaultPolicy()
-	p.dockerSocket = def.DockerSocket
+	p.dockerSocket, p.networkDrivers = def.DockerSocket, def.NetworkDrivers
 	envList := func(name string, into *listFlag) {
 		if v, ok := os.LookupEnv(name); ok {
 			_ = into.Set(v)
@@ -34,11 +35,13 @@ func (p *policyFlags) register(fs *flag.FlagSet) {
 	envList("LABSYNC_ALLOW_DEVICES", &p.devices)
 	envList("LABSYNC_ALLOW_BIND_PATHS", &p.bindPaths)
 	envList("LABSYNC_ALLOW_DOCKER_SOCKET", &p.dockerSocket)
+	envList("LABSYNC_ALLOW_NETWORK_DRIVERS", &p.networkDrivers)
 	fs.BoolVar(&p.privileged, "allow-privileged", os.Getenv("LABSYNC_ALLOW_PRIVILEGED") == "true", "host policy: let services run privileged (env: LABSYNC_ALLOW_PRIVILEGED)")
 	fs.Var(&p.capabilities, "allow-cap-add", "host policy: capabilities services may add, comma-separated, e.g. NET_ADMIN; ALL for any (env: LABSYNC_ALLOW_CAP_ADD)")
 	fs.Var(&p.devices, "allow-devices", "host policy: host devices services may map, as path prefixes, e.g. /dev/ttyUSB (env: LABSYNC_ALLOW_DEVICES)")
 	fs.Var(&p.bindPaths, "allow-bind-paths", "host policy: host folders absolute bind mounts may use, e.g. /srv/lab; / for any (env: LABSYNC_ALLOW_BIND_PATHS)")
-	fs.Var(&p.dockerSocket, "allow-docker-socket", "host policy: services that may mount the Docker socket, comma-separated; * for any, \"\" for none (env: LABSYNC_ALLOW_DOCKER_SOCKET)")
+	fs.Var(&p.dockerSocket, "allow-docker-socket", "host policy: services that may mount the Docker socket, comma-separated, as SERVICE=IMAGE (only that image, its entrypoint kept) or SERVICE; * for any, \"\" for none (env: LABSYNC_ALLOW_DOCKER_SOCKET)")
+	fs.Var(&p.networkDrivers, "allow-network-drivers", "host policy: network drivers the stack may use, comma-separated, e.g. bridge,macvlan (env: LABSYNC_ALLOW_NETWORK_DRIVERS)")
 	fs.StringVar(&p.ports, "allow-ports", envOr("LABSYNC_ALLOW_PORTS", lab.DefaultPorts), "host policy: host ports services may publish, e.g. 80,443,1024-65535; \"\" for none (env: LABSYNC_ALLOW_PORTS)")
 	fs.BoolVar(&p.volumeDriverOpts, "allow-volume-driver-opts", os.Getenv("LABSYNC_ALLOW_VOLUME_DRIVER_OPTS") == "true", "host policy: let volumes set driver_opts, which can bind host paths (env: LABSYNC_ALLOW_VOLUME_DRIVER_OPTS)")
 }
@@ -54,6 +57,7 @@ func (p *policyFlags) policy() (*lab.Policy, error) {
 		Devices:          p.devices,
 		BindPaths:        p.bindPaths,
 		DockerSocket:     p.dockerSocket,
+		NetworkDrivers:   p.networkDrivers,
 		Ports:            p.ports,
 		VolumeDriverOpts: p.volumeDriverOpts,
 	}, nil

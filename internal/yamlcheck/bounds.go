@@ -6,25 +6,42 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-// Bounds on what a document may expand to. Aliases and merge keys are
-// followed by every walker of a node tree, so an alias that includes its
-// own anchor would loop forever and a chain of aliases can multiply a few
-// hundred bytes into billions of nodes. Parse refuses both before anyone
-// walks the tree.
-const (
-	// MaxAliasNodes is the number of nodes that aliases (and so merge
-	// keys) may add to a document once expanded.
-	MaxAliasNodes = 100_000
+// Bounds on what a document may hold and expand to. Aliases and merge keys
+// are followed by every walker of a node tree, so an alias that includes
+// its own anchor would loop forever and a chain of aliases can multiply a
+// few hundred bytes into billions of nodes; and every consumer of a tree
+// (decoding, re-encoding, compose-go) spends memory per node. Parse refuses
+// a document past its bounds before anyone walks it.
+type Bounds struct {
+	// MaxNodes bounds the nodes of the document as written.
+	MaxNodes int
+	// MaxAliasNodes bounds the nodes that aliases (and so merge keys) add
+	// once expanded.
+	MaxAliasNodes int
 	// MaxDepth is the deepest nesting allowed, aliases followed.
-	MaxDepth = 100
-	// MaxMappingKeys bounds the keys of one mapping: YAML libraries
-	// check for duplicate keys in quadratic time.
+	MaxDepth int
+	// MaxMappingKeys bounds the keys of one mapping: YAML libraries check
+	// for duplicate keys in quadratic time.
+	MaxMappingKeys int
+}
+
+// The default bounds, for lab files.
+const (
+	MaxNodes       = 100_000
+	MaxAliasNodes  = 100_000
+	MaxDepth       = 100
 	MaxMappingKeys = 2000
 )
+
+// DefaultBounds are the bounds of Parse.
+func DefaultBounds() Bounds {
+	return Bounds{MaxNodes: MaxNodes, MaxAliasNodes: MaxAliasNodes, MaxDepth: MaxDepth, MaxMappingKeys: MaxMappingKeys}
+}
 
 // bounder computes, once per node, its size and depth with aliases
 // expanded, and stops at the first node past a bound.
 type bounder struct {
+	Bounds
 	size   map[*yaml.Node]int64
 	depth  map[*yaml.Node]int
 	inWork map[*yaml.Node]bool
@@ -33,11 +50,15 @@ type bounder struct {
 	bad   *Finding
 }
 
-// checkBounds returns a finding when root includes itself through an alias,
-// expands past MaxAliasNodes, nests deeper than MaxDepth or has a mapping
-// of more than MaxMappingKeys keys.
-func checkBounds(root *yaml.Node) *Finding {
-	b := &bounder{size: map[*yaml.Node]int64{}, depth: map[*yaml.Node]int{}, inWork: map[*yaml.Node]bool{}}
+// checkBounds returns a finding when root has more than MaxNodes nodes,
+// includes itself through an alias, expands past MaxAliasNodes, nests
+// deeper than MaxDepth or has a mapping of more than MaxMappingKeys keys.
+func checkBounds(root *yaml.Node, bounds Bounds) *Finding {
+	if n, last := countNodes(root, bounds.MaxNodes); n > bounds.MaxNodes {
+		f := Errorf(last, "the document has more than %d YAML nodes, more than labsync reads; split it or write less", bounds.MaxNodes)
+		return &f
+	}
+	b := &bounder{Bounds: bounds, size: map[*yaml.Node]int64{}, depth: map[*yaml.Node]int{}, inWork: map[*yaml.Node]bool{}}
 	b.measure(root)
 	if b.bad == nil {
 		b.count(root)
@@ -68,8 +89,8 @@ func (b *bounder) measure(n *yaml.Node) (int64, int) {
 		}
 		size, depth = b.measure(n.Alias)
 	} else {
-		if n.Kind == yaml.MappingNode && len(n.Content)/2 > MaxMappingKeys {
-			f := Errorf(n, "a mapping with %d keys, more than the %d labsync reads; split it", len(n.Content)/2, MaxMappingKeys)
+		if n.Kind == yaml.MappingNode && len(n.Content)/2 > b.MaxMappingKeys {
+			f := Errorf(n, "a mapping with %d keys, more than the %d labsync reads; split it", len(n.Content)/2, b.MaxMappingKeys)
 			b.bad = &f
 			return 0, 0
 		}
@@ -84,8 +105,8 @@ func (b *bounder) measure(n *yaml.Node) (int64, int) {
 	if b.bad != nil {
 		return 0, 0
 	}
-	if depth > MaxDepth {
-		f := Errorf(n, "the document is nested deeper than %d levels (aliases followed); flatten it", MaxDepth)
+	if depth > b.MaxDepth {
+		f := Errorf(n, "the document is nested deeper than %d levels (aliases followed); flatten it", b.MaxDepth)
 		b.bad = &f
 		return 0, 0
 	}
@@ -101,8 +122,8 @@ func (b *bounder) count(n *yaml.Node) {
 	}
 	if n.Kind == yaml.AliasNode {
 		b.added += b.size[n]
-		if b.added > MaxAliasNodes {
-			f := Errorf(n, "aliases and merge keys expand to more than %d nodes (here at *%s); write the values out or use fewer levels of aliases", MaxAliasNodes, n.Value)
+		if b.added > int64(b.MaxAliasNodes) {
+			f := Errorf(n, "aliases and merge keys expand to more than %d nodes (here at *%s); write the values out or use fewer levels of aliases", b.MaxAliasNodes, n.Value)
 			b.bad = &f
 		}
 		return
@@ -110,6 +131,24 @@ func (b *bounder) count(n *yaml.Node) {
 	for _, c := range n.Content {
 		b.count(c)
 	}
+}
+
+// countNodes counts the nodes of the tree as written (aliases not
+// followed), stopping past max; it returns the count and the last node
+// counted.
+func countNodes(root *yaml.Node, max int) (int, *yaml.Node) {
+	n, last := 0, root
+	stack := []*yaml.Node{root}
+	for len(stack) > 0 && n <= max {
+		x := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		n++
+		last = x
+		for i := len(x.Content) - 1; i >= 0; i-- {
+			stack = append(stack, x.Content[i])
+		}
+	}
+	return n, last
 }
 
 // String describes a finding for logs and tests.

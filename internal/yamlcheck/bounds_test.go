@@ -50,6 +50,7 @@ func TestParseBounds(t *testing.T) {
 		{"billion laughs", billionLaughs(9), 0, "expand to more than"},
 		{"exponential merge chain", mergeChain(40), 0, "expand to more than"},
 		{"deep nesting", strings.Repeat("[", 200) + strings.Repeat("]", 200) + "\n", 1, "nested deeper than"},
+		{"too many nodes", "a: [" + strings.Repeat("1,", MaxNodes) + "1]\n", 1, "more than 100000 YAML nodes"},
 		{"huge mapping", hugeMapping(MaxMappingKeys + 1), 1, "more than"},
 		{"big mapping", hugeMapping(MaxMappingKeys), 0, ""},
 		{"anchors used sensibly", "x-common: &common\n  restart: always\n  image: redis\nservices:\n  a:\n    <<: *common\n  b:\n    <<: *common\n    image: other\n", 0, ""},

@@ -46,13 +46,18 @@ func line(n *yaml.Node) int {
 // library offers no typed error for it.
 var yamlLine = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
 
-// Parse decodes data into a document node. An empty document gives a nil
-// node and no finding. A document with several YAML documents is refused,
-// and so is one whose aliases include themselves, expand past
-// MaxAliasNodes, nest deeper than MaxDepth or hold a mapping of more than
-// MaxMappingKeys keys: every node tree Parse returns can be walked and
-// decoded, aliases followed, in bounded time and memory.
+// Parse decodes data into a document node under DefaultBounds. An empty
+// document gives a nil node and no finding. A document with several YAML
+// documents is refused, and so is one past its bounds: too many nodes, an
+// alias that includes itself, aliases expanding too far, nesting too deep
+// or a mapping with too many keys. Every node tree Parse returns can be
+// walked and decoded, aliases followed, in bounded time and memory.
 func Parse(data []byte) (*yaml.Node, *Finding) {
+	return ParseBounded(data, DefaultBounds())
+}
+
+// ParseBounded is Parse under other bounds.
+func ParseBounded(data []byte, bounds Bounds) (*yaml.Node, *Finding) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
 	if err := dec.Decode(&doc); err != nil {
@@ -74,7 +79,7 @@ func Parse(data []byte) (*yaml.Node, *Finding) {
 	if len(doc.Content) == 0 {
 		return nil, nil
 	}
-	if f := checkBounds(doc.Content[0]); f != nil {
+	if f := checkBounds(doc.Content[0], bounds); f != nil {
 		return nil, f
 	}
 	return doc.Content[0], nil
