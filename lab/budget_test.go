@@ -259,6 +259,45 @@ func TestEnvFileExpansionIsBounded(t *testing.T) {
 	t.Fatalf("no bomb.env:line error in:\n%s", l.Diagnostics)
 }
 
+// Env file values that refer to values of the same file are not expanded
+// by labsync: whatever the syntax, such a file is an error.
+func TestEnvFileSelfReferencesAreRefused(t *testing.T) {
+	for name, env := range map[string]string{
+		"equals":         "A0=xxxxxxxx\nA1=${A0}${A0}\n",
+		"colon":          "A0: xxxxxxxx\nA1: ${A0}${A0}\n",
+		"dollar name":    "A0=x\nA1=$A0$A0\n",
+		"nested default": "A0=x\nA1=${NOPE:-${A0}}\n",
+		"same line":      "A0=\"x\" A1=\"${A0}${A0}\"\n",
+		"multi-line":     "A0=\"x\ny\"\nQ=\"\nA1=${A0}${A0}\n\"\n",
+		"export":         "export A0=x\nexport A1=${A0}\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			fsys := hostileLab(map[string]string{
+				"docker-compose.yaml": "services:\n  a:\n    image: redis\n    env_file: [x.env]\n",
+				"x.env":               env,
+			})
+			l, err := lab.Load(fsys, lab.LoadOptions{DefaultName: "h"})
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			for _, d := range l.Diagnostics {
+				if d.File == "x.env" && strings.Contains(d.Message, "refer") {
+					return
+				}
+			}
+			t.Fatalf("no x.env error in:\n%s", l.Diagnostics)
+		})
+	}
+	// Escaped dollars and references to nothing the file defines are fine.
+	fsys := hostileLab(map[string]string{
+		"docker-compose.yaml": "services:\n  a:\n    image: redis\n    env_file: [x.env]\n",
+		"x.env":               "PASSWORD=pa$$word\nHOME_DIR=${HOME:-/root}\n",
+	})
+	if l, err := lab.Load(fsys, lab.LoadOptions{DefaultName: "h"}); err != nil {
+		t.Fatalf("%v\n%s", err, l.Diagnostics)
+	}
+}
+
 // A .dockerignore is a lab file like others: bounded in size, and in the
 // patterns every file of the context is matched against.
 func TestDockerignoreIsBounded(t *testing.T) {

@@ -135,9 +135,12 @@ func buildKey(b *BuildContext) string {
 // reported: the read budget is spent, or a file of the walk is refused.
 var errReported = errors.New("reported")
 
-// MaxIgnorePatterns bounds the patterns of a .dockerignore: every file of
-// its context is matched against each.
-const MaxIgnorePatterns = 1000
+// MaxIgnorePatterns and MaxIgnoreBytes bound a .dockerignore: every file
+// of its context is matched against each pattern.
+const (
+	MaxIgnorePatterns = 200
+	MaxIgnoreBytes    = 8 << 10
+)
 
 // reportContextError reports a failed walk or digest of a folder, unless
 // the budget or the context stopped it (reported elsewhere).
@@ -169,7 +172,7 @@ func (l *Lab) contextFiles(dir, dockerfile string) ([]ContextFile, error) {
 	}
 	files, err := contextFilesOf(l.ctx, l.fsys, dir, dockerfile, ignore, func(rel string) bool { return l.spend(path.Join(dir, rel), 1, 0) })
 	if errors.Is(err, errTooManyPatterns) {
-		l.d.errorf(ignoreFile, 0, "has more than %d patterns; every file of the context is matched against each, so keep it short", MaxIgnorePatterns)
+		l.d.errorf(ignoreFile, 0, "has more than %d patterns or %d bytes of them; every file of the context is matched against each, so keep it short", MaxIgnorePatterns, MaxIgnoreBytes)
 		err = errReported
 	}
 	l.listings[key] = listing{files, err}
@@ -188,7 +191,11 @@ func contextFilesOf(ctx context.Context, fsys fs.FS, dir, dockerfile string, ign
 	if err != nil {
 		return nil, fmt.Errorf("read .dockerignore: %w", err)
 	}
-	if len(patterns) > MaxIgnorePatterns {
+	patternBytes := 0
+	for _, p := range patterns {
+		patternBytes += len(p)
+	}
+	if len(patterns) > MaxIgnorePatterns || patternBytes > MaxIgnoreBytes {
 		return nil, errTooManyPatterns
 	}
 	pm, err := patternmatcher.New(patterns)

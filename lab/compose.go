@@ -17,6 +17,10 @@ import (
 	"github.com/labsync/labsync/internal/yamlcheck"
 )
 
+// objectName matches valid Docker network and volume names. Anything else
+// could be read as something else: "container:x" as a network mode.
+var objectName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$`)
+
 // dockerNetworks are the networks every engine has.
 var dockerNetworks = []string{"host", "bridge", "none"}
 
@@ -237,14 +241,21 @@ func (l *Lab) loadStack() {
 		case "networks":
 			for _, p := range yamlcheck.Pairs(v) {
 				sn := &StackNetwork{Key: p.Key, Line: p.KeyN.Line, Name: explicitName(p.Value, l.Name+"_"+p.Key)}
-				if slices.Contains(dockerNetworks, sn.Name) {
+				switch {
+				case slices.Contains(dockerNetworks, sn.Name):
 					l.d.errorf(file, p.KeyN.Line, "network '%s' is named %s, one of Docker's own networks; labsync creates the networks it uses, so give it another name", p.Key, sn.Name)
+				case !objectName.MatchString(sn.Name) && validName.MatchString(l.Name):
+					l.d.errorf(file, p.KeyN.Line, "network '%s': %q is not a valid network name; use letters, digits, '.', '_' and '-', starting with a letter or digit", p.Key, sn.Name)
 				}
 				st.Networks[p.Key] = sn
 			}
 		case "volumes":
 			for _, p := range yamlcheck.Pairs(v) {
-				st.Volumes[p.Key] = &StackVolume{Key: p.Key, Line: p.KeyN.Line, Name: explicitName(p.Value, l.Name+"_"+p.Key)}
+				sv := &StackVolume{Key: p.Key, Line: p.KeyN.Line, Name: explicitName(p.Value, l.Name+"_"+p.Key)}
+				if !objectName.MatchString(sv.Name) && validName.MatchString(l.Name) {
+					l.d.errorf(file, p.KeyN.Line, "volume '%s': %q is not a valid volume name; use letters, digits, '.', '_' and '-', starting with a letter or digit", p.Key, sv.Name)
+				}
+				st.Volumes[p.Key] = sv
 			}
 		}
 		kept = append(kept, k, v)
@@ -435,6 +446,9 @@ func (l *Lab) checkService(file, dir string, svc *Service, st *Stack) {
 				l.d.errorf(file, svc.Line, "service '%s': anonymous volume %s is lost at every recreate; name it (e.g. data:%s) and declare it under volumes:", svc.Name, v.Target, v.Target)
 			case strings.Contains(v.Source, "/"):
 				l.d.errorf(file, svc.Line, "service '%s': a named volume's source is a name, not the path %q; for a host path use type: bind", svc.Name, v.Source)
+			case st.Volumes[v.Source] == nil:
+				// Checked again after interpolation: ${X:-name} is a name.
+				l.d.errorf(file, svc.Line, "service '%s' mounts volume '%s', which is not declared under the top-level volumes:", svc.Name, v.Source)
 			}
 		default:
 			l.d.errorf(file, svc.Line, "service '%s': volume type %q is not supported; use volume or bind", svc.Name, v.Type)

@@ -84,8 +84,8 @@ func (l *Lab) serviceEnv(file string, svc *Service, refs []envFileRef) map[strin
 		if !ok {
 			continue
 		}
-		if line, ok := envExpansionBounded(data); !ok {
-			l.d.errorf(p, line, "the values of this env file refer to each other so that they expand to more than %d bytes; write them out", MaxEnvExpansion)
+		if line, name, found := envSelfReference(data); found {
+			l.d.errorf(p, line, "a value refers to ${%s}, a variable of this same file; labsync does not expand references between the values of an env file: write the value out (a literal $ is $$)", name)
 			continue
 		}
 		vars, err := dotenv.ParseWithLookup(bytes.NewReader(data), func(string) (string, bool) { return "", false })
@@ -107,42 +107,32 @@ func (l *Lab) serviceEnv(file string, svc *Service, refs []envFileRef) map[strin
 	return env
 }
 
-// MaxEnvExpansion bounds what an env file's values may expand to, all
-// together, once ${VAR} references to earlier values are replaced.
-const MaxEnvExpansion = 4 << 20
+// envDefined matches where an env file may define a variable: NAME= or
+// NAME: at the start of a line, after export, or after a space (a value
+// in quotes may be followed by another on the same line).
+var envDefined = regexp.MustCompile(`(?:^|\s)([A-Za-z_][A-Za-z0-9_.-]*)\s*[=:]`)
 
-// envRef matches a reference to a variable in an env file value.
-var envRef = regexp.MustCompile(`\$\{?([A-Za-z_][A-Za-z0-9_]*)`)
+// envRef matches a reference to a variable ($NAME, ${NAME...}) that is not
+// an escaped dollar ($$).
+var envRef = regexp.MustCompile(`(?:^|[^$])\$\{?([A-Za-z_][A-Za-z0-9_]*)`)
 
-// envExpansionBounded reports whether the values of an env file stay
-// within MaxEnvExpansion once expanded, from an upper bound of each
-// value's length: its text plus the bound of every variable it refers to.
-// It returns the line where the bound is passed. The expansion itself
-// (dotenv's) would double a value per line of a file such as A1=${A0}${A0}.
-func envExpansionBounded(data []byte) (int, bool) {
-	lengths := map[string]int64{}
-	var total int64
-	last := ""
-	for i, line := range strings.Split(string(data), "\n") {
-		text := strings.TrimSpace(line)
-		if text == "" || strings.HasPrefix(text, "#") {
-			continue
-		}
-		n := int64(len(line))
-		for _, m := range envRef.FindAllStringSubmatch(line, -1) {
-			n += lengths[m[1]]
-		}
-		key, _, hasValue := strings.Cut(strings.TrimPrefix(text, "export "), "=")
-		if key = strings.TrimSpace(key); hasValue && envName.MatchString(key) {
-			last = key
-			lengths[key] = n
-		} else if last != "" {
-			lengths[last] += n // a line of a multi-line value
-		}
-		total += n
-		if total > MaxEnvExpansion || lengths[last] > MaxEnvExpansion {
-			return i + 1, false
+// envSelfReference finds a value of an env file that refers to a variable
+// the same file may define, and returns its line. dotenv would expand it
+// with the earlier value, so that a few lines of A1=${A0}${A0} double a
+// value per line; labsync reads no host environment, so such references
+// are the only expansion there is, and it refuses them.
+func envSelfReference(data []byte) (line int, name string, found bool) {
+	text := string(data)
+	defined := map[string]bool{}
+	for _, m := range envDefined.FindAllStringSubmatch(text, -1) {
+		defined[m[1]] = true
+	}
+	for i, l := range strings.Split(text, "\n") {
+		for _, m := range envRef.FindAllStringSubmatch(l, -1) {
+			if defined[m[1]] {
+				return i + 1, m[1], true
+			}
 		}
 	}
-	return 0, true
+	return 0, "", false
 }

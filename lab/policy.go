@@ -33,6 +33,9 @@ type Policy struct {
 	// NetworkDrivers lists the network drivers the stack may use; macvlan
 	// and ipvlan put containers on the host's own networks.
 	NetworkDrivers []string `json:"network_drivers,omitempty"`
+	// NetworkDriverOpts allows driver_opts on networks (a bridge's name
+	// can be an existing host bridge, a macvlan's parent a host NIC).
+	NetworkDriverOpts bool `json:"network_driver_opts,omitempty"`
 	// Ports are the host port ranges services may publish, e.g.
 	// "1024-65535" or "80,443,8000-9000"; "" allows none.
 	Ports string `json:"ports"`
@@ -42,14 +45,12 @@ type Policy struct {
 }
 
 // DefaultPolicy allows what the example lab needs and nothing more:
-// Portainer's image on the Docker socket, bridge networks and unprivileged
-// host ports.
+// bridge networks and unprivileged host ports. Nothing gets the Docker
+// socket: a service that has it (Portainer is the Docker engine behind a
+// web UI) is root on the host for whoever can change its settings.
 func DefaultPolicy() Policy {
-	return Policy{DockerSocket: []string{DefaultDockerSocket}, NetworkDrivers: []string{"bridge"}, Ports: DefaultPorts}
+	return Policy{NetworkDrivers: []string{"bridge"}, Ports: DefaultPorts}
 }
-
-// DefaultDockerSocket is the default exception to the Docker socket rule.
-const DefaultDockerSocket = "portainer=portainer/portainer-ce"
 
 // DefaultPorts are the host ports a lab may publish by default: none that
 // needs root to bind.
@@ -132,7 +133,7 @@ func (l *Lab) checkPolicy(file string, st *Stack) {
 			src := path.Clean(v.Source)
 			socket := slices.ContainsFunc(dockerSockets, func(sock string) bool { return underPrefix(sock, []string{src}) })
 			if socket && !socketAllowed(pol.DockerSocket, svc) {
-				l.d.errorf(file, at(svc, "volumes"), "service '%s' mounts %s, which is or holds the Docker socket; the host policy allows the socket only for %s; an operator allows it with --allow-docker-socket %s (the Docker socket is root on the host)", svc.Name, src, orNone(pol.DockerSocket), strings.Join(append(slices.Clone(pol.DockerSocket), svc.Name), ","))
+				l.d.errorf(file, at(svc, "volumes"), "service '%s' mounts %s, which is or holds the Docker socket; the host policy allows the socket only for %s; an operator allows it with --allow-docker-socket %s (the Docker socket is root on the host)", svc.Name, src, orNone(pol.DockerSocket), strings.Join(append(slices.Clone(pol.DockerSocket), svc.Name+"="+imageRepository(svc.Config.Image)), ","))
 			}
 			if !slices.Contains(dockerSockets, src) && !underPrefix(src, pol.BindPaths) {
 				l.d.errorf(file, at(svc, "volumes"), "service '%s' bind-mounts host path %s, which the host policy does not allow; an operator allows it with --allow-bind-paths %s, or use a named volume", svc.Name, src, src)
@@ -159,6 +160,13 @@ func (l *Lab) checkPolicy(file string, st *Stack) {
 				line = st.Networks[key].Line
 			}
 			l.d.errorf(file, line, "network '%s' uses driver %s, which the host policy does not allow; an operator allows it with --allow-network-drivers %s", key, driver, strings.Join(append(slices.Clone(pol.NetworkDrivers), driver), ","))
+		}
+		if len(st.Networks[key].Config.DriverOpts) > 0 && !pol.NetworkDriverOpts {
+			line := lineOf(file, "networks."+key+".driver_opts", l)
+			if line == 0 {
+				line = st.Networks[key].Line
+			}
+			l.d.errorf(file, line, "network '%s' sets driver_opts, which the host policy does not allow (they can name a host bridge or interface); an operator allows them with --allow-network-driver-opts", key)
 		}
 	}
 	for _, key := range sortedKeys(st.Volumes) {

@@ -81,7 +81,7 @@ const MaxSubmitNodes = 10_000
 // then decodes it.
 func parseYAML(data []byte) (any, error) {
 	bounds := yamlcheck.DefaultBounds()
-	bounds.MaxNodes = MaxSubmitNodes
+	bounds.MaxNodes, bounds.MaxAliasBytes = MaxSubmitNodes, MaxSubmitPayload
 	n, f := yamlcheck.ParseBounded(data, bounds)
 	if f != nil {
 		return nil, fmt.Errorf("line %d: %s", f.Line, strings.TrimPrefix(f.Msg, "invalid YAML: "))

@@ -421,7 +421,7 @@ func (c *Controller) stepDesired(ctx context.Context, run *Run) error {
 		}
 		lctx, cancel := context.WithTimeout(ctx, c.opts.LoadTimeout)
 		l, err := lab.LoadContext(lctx, tree, c.opts.Load)
-		tooSlow := lctx.Err() != nil
+		tooSlow := err != nil && lctx.Err() != nil
 		cancel()
 		switch {
 		case ctx.Err() != nil:

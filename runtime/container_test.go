@@ -84,10 +84,10 @@ volumes:
   cache: {}
 `)},
 	}
-	// The service asks for a host path and a capability: the operator
-	// allows them.
+	// The service asks for a host path and a capability, the network for
+	// a driver option: the operator allows them.
 	policy := lab.DefaultPolicy()
-	policy.BindPaths, policy.Capabilities = []string{"/tmp"}, []string{"NET_ADMIN"}
+	policy.BindPaths, policy.Capabilities, policy.NetworkDriverOpts = []string{"/tmp"}, []string{"NET_ADMIN"}, true
 	l, err := lab.Load(fsys, lab.LoadOptions{Policy: &policy})
 	if err != nil {
 		t.Fatalf("%v\n%s", err, l.Diagnostics)

@@ -19,6 +19,7 @@ type policyFlags struct {
 	bindPaths        listFlag
 	dockerSocket     listFlag
 	networkDrivers   listFlag
+	networkOpts      bool
 	ports            string
 	volumeDriverOpts bool
 }
@@ -40,8 +41,9 @@ func (p *policyFlags) register(fs *flag.FlagSet) {
 	fs.Var(&p.capabilities, "allow-cap-add", "host policy: capabilities services may add, comma-separated, e.g. NET_ADMIN; ALL for any (env: LABSYNC_ALLOW_CAP_ADD)")
 	fs.Var(&p.devices, "allow-devices", "host policy: host devices services may map, as path prefixes, e.g. /dev/ttyUSB (env: LABSYNC_ALLOW_DEVICES)")
 	fs.Var(&p.bindPaths, "allow-bind-paths", "host policy: host folders absolute bind mounts may use, e.g. /srv/lab; / for any (env: LABSYNC_ALLOW_BIND_PATHS)")
-	fs.Var(&p.dockerSocket, "allow-docker-socket", "host policy: services that may mount the Docker socket, comma-separated, as SERVICE=IMAGE (only that image, its entrypoint kept) or SERVICE; * for any, \"\" for none (env: LABSYNC_ALLOW_DOCKER_SOCKET)")
+	fs.Var(&p.dockerSocket, "allow-docker-socket", "host policy: services that may mount the Docker socket, comma-separated, as SERVICE=IMAGE (only that image, its entrypoint kept) or SERVICE; * for any; none by default (env: LABSYNC_ALLOW_DOCKER_SOCKET)")
 	fs.Var(&p.networkDrivers, "allow-network-drivers", "host policy: network drivers the stack may use, comma-separated, e.g. bridge,macvlan (env: LABSYNC_ALLOW_NETWORK_DRIVERS)")
+	fs.BoolVar(&p.networkOpts, "allow-network-driver-opts", os.Getenv("LABSYNC_ALLOW_NETWORK_DRIVER_OPTS") == "true", "host policy: let networks set driver_opts, such as a macvlan's parent or a bridge's name (env: LABSYNC_ALLOW_NETWORK_DRIVER_OPTS)")
 	fs.StringVar(&p.ports, "allow-ports", envOr("LABSYNC_ALLOW_PORTS", lab.DefaultPorts), "host policy: host ports services may publish, e.g. 80,443,1024-65535; \"\" for none (env: LABSYNC_ALLOW_PORTS)")
 	fs.BoolVar(&p.volumeDriverOpts, "allow-volume-driver-opts", os.Getenv("LABSYNC_ALLOW_VOLUME_DRIVER_OPTS") == "true", "host policy: let volumes set driver_opts, which can bind host paths (env: LABSYNC_ALLOW_VOLUME_DRIVER_OPTS)")
 }
@@ -52,14 +54,15 @@ func (p *policyFlags) policy() (*lab.Policy, error) {
 		return nil, usageError{"--allow-ports: " + err.Error()}
 	}
 	return &lab.Policy{
-		Privileged:       p.privileged,
-		Capabilities:     p.capabilities,
-		Devices:          p.devices,
-		BindPaths:        p.bindPaths,
-		DockerSocket:     p.dockerSocket,
-		NetworkDrivers:   p.networkDrivers,
-		Ports:            p.ports,
-		VolumeDriverOpts: p.volumeDriverOpts,
+		Privileged:        p.privileged,
+		Capabilities:      p.capabilities,
+		Devices:           p.devices,
+		BindPaths:         p.bindPaths,
+		DockerSocket:      p.dockerSocket,
+		NetworkDrivers:    p.networkDrivers,
+		NetworkDriverOpts: p.networkOpts,
+		Ports:             p.ports,
+		VolumeDriverOpts:  p.volumeDriverOpts,
 	}, nil
 }
 

@@ -16,8 +16,9 @@ type Bounds struct {
 	// MaxNodes bounds the nodes of the document as written.
 	MaxNodes int
 	// MaxAliasNodes bounds the nodes that aliases (and so merge keys) add
-	// once expanded.
+	// once expanded; MaxAliasBytes the bytes of their scalars.
 	MaxAliasNodes int
+	MaxAliasBytes int64
 	// MaxDepth is the deepest nesting allowed, aliases followed.
 	MaxDepth int
 	// MaxMappingKeys bounds the keys of one mapping: YAML libraries check
@@ -29,13 +30,14 @@ type Bounds struct {
 const (
 	MaxNodes       = 100_000
 	MaxAliasNodes  = 100_000
+	MaxAliasBytes  = 4 << 20
 	MaxDepth       = 100
 	MaxMappingKeys = 2000
 )
 
 // DefaultBounds are the bounds of Parse.
 func DefaultBounds() Bounds {
-	return Bounds{MaxNodes: MaxNodes, MaxAliasNodes: MaxAliasNodes, MaxDepth: MaxDepth, MaxMappingKeys: MaxMappingKeys}
+	return Bounds{MaxNodes: MaxNodes, MaxAliasNodes: MaxAliasNodes, MaxAliasBytes: MaxAliasBytes, MaxDepth: MaxDepth, MaxMappingKeys: MaxMappingKeys}
 }
 
 // bounder computes, once per node, its size and depth with aliases
@@ -43,11 +45,13 @@ func DefaultBounds() Bounds {
 type bounder struct {
 	Bounds
 	size   map[*yaml.Node]int64
+	bytes  map[*yaml.Node]int64
 	depth  map[*yaml.Node]int
 	inWork map[*yaml.Node]bool
-	// added counts the nodes aliases add, in document order.
-	added int64
-	bad   *Finding
+	// added and addedBytes count the nodes and scalar bytes aliases add,
+	// in document order.
+	added, addedBytes int64
+	bad               *Finding
 }
 
 // checkBounds returns a finding when root has more than MaxNodes nodes,
@@ -58,7 +62,7 @@ func checkBounds(root *yaml.Node, bounds Bounds) *Finding {
 		f := Errorf(last, "the document has more than %d YAML nodes, more than labsync reads; split it or write less", bounds.MaxNodes)
 		return &f
 	}
-	b := &bounder{Bounds: bounds, size: map[*yaml.Node]int64{}, depth: map[*yaml.Node]int{}, inWork: map[*yaml.Node]bool{}}
+	b := &bounder{Bounds: bounds, size: map[*yaml.Node]int64{}, bytes: map[*yaml.Node]int64{}, depth: map[*yaml.Node]int{}, inWork: map[*yaml.Node]bool{}}
 	b.measure(root)
 	if b.bad == nil {
 		b.count(root)
@@ -66,7 +70,7 @@ func checkBounds(root *yaml.Node, bounds Bounds) *Finding {
 	return b.bad
 }
 
-// measure fills size and depth of n and everything below it.
+// measure fills size, bytes and depth of n and everything below it.
 func (b *bounder) measure(n *yaml.Node) (int64, int) {
 	if n == nil || b.bad != nil {
 		return 0, 0
@@ -79,7 +83,7 @@ func (b *bounder) measure(n *yaml.Node) (int64, int) {
 	}
 	b.inWork[n] = true
 	defer delete(b.inWork, n)
-	var size int64
+	var size, bytes int64
 	var depth int
 	if n.Kind == yaml.AliasNode {
 		if n.Alias != nil && b.inWork[n.Alias] {
@@ -88,16 +92,18 @@ func (b *bounder) measure(n *yaml.Node) (int64, int) {
 			return 0, 0
 		}
 		size, depth = b.measure(n.Alias)
+		bytes = b.bytes[n.Alias]
 	} else {
 		if n.Kind == yaml.MappingNode && len(n.Content)/2 > b.MaxMappingKeys {
 			f := Errorf(n, "a mapping with %d keys, more than the %d labsync reads; split it", len(n.Content)/2, b.MaxMappingKeys)
 			b.bad = &f
 			return 0, 0
 		}
-		size = 1
+		size, bytes = 1, int64(len(n.Value))
 		for _, c := range n.Content {
 			s, d := b.measure(c)
 			size = min(size+s, 1<<62) // saturates: sizes can be exponential
+			bytes = min(bytes+b.bytes[c], 1<<62)
 			depth = max(depth, d)
 		}
 		depth++
@@ -105,6 +111,7 @@ func (b *bounder) measure(n *yaml.Node) (int64, int) {
 	if b.bad != nil {
 		return 0, 0
 	}
+	b.bytes[n] = bytes
 	if depth > b.MaxDepth {
 		f := Errorf(n, "the document is nested deeper than %d levels (aliases followed); flatten it", b.MaxDepth)
 		b.bad = &f
@@ -122,8 +129,13 @@ func (b *bounder) count(n *yaml.Node) {
 	}
 	if n.Kind == yaml.AliasNode {
 		b.added += b.size[n]
-		if b.added > int64(b.MaxAliasNodes) {
+		b.addedBytes += b.bytes[n]
+		switch {
+		case b.added > int64(b.MaxAliasNodes):
 			f := Errorf(n, "aliases and merge keys expand to more than %d nodes (here at *%s); write the values out or use fewer levels of aliases", b.MaxAliasNodes, n.Value)
+			b.bad = &f
+		case b.addedBytes > b.MaxAliasBytes:
+			f := Errorf(n, "aliases and merge keys expand to more than %d bytes (here at *%s); write the values out or use fewer aliases", b.MaxAliasBytes, n.Value)
 			b.bad = &f
 		}
 		return

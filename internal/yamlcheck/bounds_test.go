@@ -51,6 +51,7 @@ func TestParseBounds(t *testing.T) {
 		{"exponential merge chain", mergeChain(40), 0, "expand to more than"},
 		{"deep nesting", strings.Repeat("[", 200) + strings.Repeat("]", 200) + "\n", 1, "nested deeper than"},
 		{"too many nodes", "a: [" + strings.Repeat("1,", MaxNodes) + "1]\n", 1, "more than 100000 YAML nodes"},
+		{"a big string aliased many times", "s: &s " + strings.Repeat("x", 100000) + "\nl: [" + strings.Repeat("*s, ", 100) + "*s]\n", 2, "expand to more than"},
 		{"huge mapping", hugeMapping(MaxMappingKeys + 1), 1, "more than"},
 		{"big mapping", hugeMapping(MaxMappingKeys), 0, ""},
 		{"anchors used sensibly", "x-common: &common\n  restart: always\n  image: redis\nservices:\n  a:\n    <<: *common\n  b:\n    <<: *common\n    image: other\n", 0, ""},
