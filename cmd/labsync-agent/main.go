@@ -15,14 +15,21 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/labsync/labsync/agent"
+	"github.com/labsync/labsync/internal/buildinfo"
 )
 
-var version = "dev"
+// version and commit are set at build time by make build:
+// -ldflags "-X main.version=$(git describe ...) -X main.commit=$(git rev-parse HEAD)".
+var (
+	version = "dev"
+	commit  = ""
+)
 
 func main() {
 	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
@@ -63,7 +70,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "healthcheck":
 		return healthcheck(args[1:], stdout, stderr)
 	case "version", "--version":
-		fmt.Fprintln(stdout, "labsync-agent", version)
+		bi, _ := debug.ReadBuildInfo()
+		fmt.Fprintln(stdout, buildinfo.Line("labsync-agent", version, commit, bi))
 		return 0
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)

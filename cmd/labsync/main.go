@@ -9,13 +9,20 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/labsync/labsync/internal/buildinfo"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
+// version and commit are set at build time by make build:
+// -ldflags "-X main.version=$(git describe ...) -X main.commit=$(git rev-parse HEAD)".
+var (
+	version = "dev"
+	commit  = ""
+)
 
 func main() {
 	// compose-go logs warnings of its own through logrus; labsync reports
@@ -104,7 +111,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "plan-pull":
 		return runPlanPull(ctx, os.Stdin, stdout)
 	case "version", "--version":
-		fmt.Fprintf(stdout, "labsync %s\n", version)
+		bi, _ := debug.ReadBuildInfo()
+		fmt.Fprintln(stdout, buildinfo.Line("labsync", version, commit, bi))
 		return nil
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
