@@ -134,10 +134,27 @@ func TestInvalidPullRequestFailsWithFileAndLine(t *testing.T) {
 	}
 	body := cs[8][0].Body
 	link := fmt.Sprintf(`<a href="https://github.com/o/r/blob/%s/sut/beta.conf#L3"><code>sut/beta.conf:3</code></a>`, head)
-	for _, want := range []string{"invalid", link, "unknown key 'job_queue' (did you mean 'job_queues'?)", "from a fork: planned only"} {
+	// One SUT's typo holds that SUT; the rest is planned.
+	for _, want := range []string{"1 SUT(s) held", link, "unknown key 'job_queue' (did you mean 'job_queues'?)", "(holds <code>beta</code>)",
+		"| <code>beta</code> | none |", "create | agent <code>alpha</code>", "from a fork: planned only"} {
 		if !strings.Contains(body, want) {
 			t.Errorf("comment lacks %q:\n%s", want, body)
 		}
+	}
+	if !strings.Contains(st[0].Description, "1 SUT(s) held") {
+		t.Errorf("status description %q", st[0].Description)
+	}
+
+	// An error in lab.yaml makes the whole revision invalid.
+	head = pl.push(t, 10, "lab-wide typo", map[string]string{"lab.yaml": "agents:\n  memroy: 1g\n"})
+	pl.p.PullRequest(10, head, false)
+	testenv.Eventually(t, 30*time.Second, "no second status", func() bool {
+		_, st := pl.gh.Snapshot()
+		return len(st) == 2
+	})
+	cs, st = pl.gh.Snapshot()
+	if body := cs[10][0].Body; st[1].State != "failure" || !strings.Contains(body, "This revision is invalid") || strings.Contains(body, "| Action |") {
+		t.Errorf("status %+v, comment:\n%s", st[1], body)
 	}
 }
 
@@ -226,7 +243,7 @@ func TestRenderedCommentsGolden(t *testing.T) {
 		t.Fatal(err)
 	}
 	body = strings.ReplaceAll(strings.ReplaceAll(res.Body, bad, "HEAD_SHA"), bad[:12], "HEAD_SHA")
-	testenv.Golden(t, filepath.Join("testdata", "plan-invalid.md"), body, *update)
+	testenv.Golden(t, filepath.Join("testdata", "plan-held.md"), body, *update)
 
 	apply := forge.RenderApply(forge.ApplyView{Lab: "forge-lab", Revision: "0123456789abcdef", Results: []reconciler.Result{
 		{Action: reconciler.Action{Kind: reconciler.Recreate, ObjectKind: "agent", Object: "alpha", Reasons: []string{"sut/alpha.conf changed (polling_interval)"}}, Status: reconciler.StatusOK},

@@ -250,6 +250,9 @@ type PlanResult struct {
 	Head    string `json:"head"`
 	Body    string `json:"body"`
 	Invalid bool   `json:"invalid"`
+	// Held counts the SUTs held by errors in their files; the rest of
+	// the revision is valid.
+	Held int `json:"held,omitempty"`
 	// Failed says why the plan could not be made (a crash, a limit);
 	// the body then says so.
 	Failed string `json:"failed,omitempty"`
@@ -274,6 +277,8 @@ func (p *Pipeline) planPull(ctx context.Context, number int, j pullJob) error {
 		state, desc = StateError, "not planned: "+res.Failed
 	case res.Invalid:
 		state, desc = StateFailure, "invalid: see the labsync comment for each file:line"
+	case res.Held > 0:
+		state, desc = StateFailure, fmt.Sprintf("%d SUT(s) held by errors: see the labsync comment; the rest is valid", res.Held)
 	}
 	if err := gh.SetStatus(ctx, res.Head, "labsync/"+res.Lab+"/plan", state, desc); err != nil {
 		return errors.Join(commentErr, err)
@@ -344,7 +349,7 @@ func PlanTree(ctx context.Context, tree fs.FS, docker Observer, req PlanRequest,
 		return PlanResult{}, err
 	}
 	view.Plan = reconciler.Plan(d, obs, reconciler.PlanOptions{})
-	return PlanResult{Lab: req.Lab, Head: req.Head, Body: RenderPlan(view)}, nil
+	return PlanResult{Lab: req.Lab, Head: req.Head, Body: RenderPlan(view), Held: len(view.Plan.Held)}, nil
 }
 
 // FailedPlan is the result for a head whose planning could not finish: the

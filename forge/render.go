@@ -34,16 +34,20 @@ func RenderPlan(v PlanView) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s\n### labsync · `%s` · plan for `%s`\n\n", Marker(v.Lab), v.Lab, short(v.Head))
 	errs, warns := v.Diagnostics.Count()
-	if errs > 0 {
+	if v.Diagnostics.Blocking() || (errs > 0 && v.Plan == nil) {
 		fmt.Fprintf(&b, "❌ **This revision is invalid** (%d error(s), %d warning(s)); labsync would not apply it.\n\n", errs, warns)
 	} else if v.Plan != nil {
 		c := v.Plan.Counts()
 		other := len(v.Plan.Actions) - c[reconciler.Create] - c[reconciler.Recreate] - c[reconciler.Remove]
+		verdict := "✅ Valid."
+		if n := len(v.Plan.Held); n > 0 {
+			verdict = fmt.Sprintf("⚠️ **%d SUT(s) held** by errors in their files (below): on merge labsync leaves them as they run now, neither created, changed nor removed, until the files are fixed. The rest of the lab is valid.", n)
+		}
 		if v.Plan.Empty() {
-			fmt.Fprintf(&b, "✅ Valid. Merging changes nothing on the lab host (%d object(s) unchanged).\n\n", len(v.Plan.Unchanged))
+			fmt.Fprintf(&b, "%s Merging changes nothing else on the lab host (%d object(s) unchanged).\n\n", verdict, len(v.Plan.Unchanged))
 		} else {
-			fmt.Fprintf(&b, "✅ Valid. On merge labsync will **create %d, recreate %d, remove %d** and do %d other action(s); %d object(s) stay unchanged.\n\n",
-				c[reconciler.Create], c[reconciler.Recreate], c[reconciler.Remove], other, len(v.Plan.Unchanged))
+			fmt.Fprintf(&b, "%s On merge labsync will **create %d, recreate %d, remove %d** and do %d other action(s); %d object(s) stay unchanged.\n\n",
+				verdict, c[reconciler.Create], c[reconciler.Recreate], c[reconciler.Remove], other, len(v.Plan.Unchanged))
 		}
 	}
 	if len(v.Diagnostics) > 0 {
@@ -53,7 +57,22 @@ func RenderPlan(v PlanView) string {
 			if d.Severity == lab.SeverityWarning {
 				icon = "⚠️"
 			}
-			fmt.Fprintf(&b, "| %s | %s | %s |\n", icon, v.link(d), cell(d.Message))
+			msg := cell(d.Message)
+			if d.SUT != "" && d.Severity == lab.SeverityError {
+				msg += " <sub>(holds <code>" + cell(d.SUT) + "</code>)</sub>"
+			}
+			fmt.Fprintf(&b, "| %s | %s | %s |\n", icon, v.link(d), msg)
+		}
+		b.WriteString("\n")
+	}
+	if v.Plan != nil && len(v.Plan.Held) > 0 {
+		b.WriteString("| Held SUT | Its container | Why |\n|---|---|---|\n")
+		for _, h := range v.Plan.Held {
+			c := "none"
+			if h.Container != "" {
+				c = "<code>" + cell(h.Container) + "</code>, kept as it runs"
+			}
+			fmt.Fprintf(&b, "| <code>%s</code> | %s | %s |\n", cell(h.Name), c, cell(strings.Join(h.Reasons, "; ")))
 		}
 		b.WriteString("\n")
 	}
@@ -140,6 +159,13 @@ func RenderApply(v ApplyView) string {
 		if r.Status != reconciler.StatusOK && r.Status != reconciler.StatusDeferred {
 			failed++
 		}
+	}
+	if v.Plan != nil && len(v.Plan.Held) > 0 {
+		names := make([]string, len(v.Plan.Held))
+		for i, h := range v.Plan.Held {
+			names[i] = "<code>" + cell(h.Name) + "</code>"
+		}
+		fmt.Fprintf(&b, "⚠️ %d SUT(s) held by errors in their files, left as they run: %s. Everything else was applied.\n\n", len(names), strings.Join(names, ", "))
 	}
 	switch {
 	case len(v.Results) == 0:

@@ -34,9 +34,9 @@ func (l *Lab) spend(name string, files int, bytes int64) bool {
 	b.bytes += bytes
 	switch {
 	case b.files > b.maxFiles:
-		l.d.errorf(name, 0, "the lab reads more than %d files from the repository (SUT files, mounted folders and build contexts); nothing past this one was read. Keep large data out of the lab repository, or exclude it from build contexts with .dockerignore", b.maxFiles)
+		l.d.labErrorf(name, 0, "the lab reads more than %d files from the repository (SUT files, mounted folders and build contexts); nothing past this one was read. Keep large data out of the lab repository, or exclude it from build contexts with .dockerignore", b.maxFiles)
 	case b.bytes > b.maxBytes:
-		l.d.errorf(name, 0, "the lab reads more than %d bytes from the repository (SUT files, mounted folders and build contexts); nothing past this one was read. Keep large data out of the lab repository, or exclude it from build contexts with .dockerignore", b.maxBytes)
+		l.d.labErrorf(name, 0, "the lab reads more than %d bytes from the repository (SUT files, mounted folders and build contexts); nothing past this one was read. Keep large data out of the lab repository, or exclude it from build contexts with .dockerignore", b.maxBytes)
 	default:
 		return true
 	}
@@ -57,7 +57,7 @@ func (ds Diagnostics) capPerFile(max int) Diagnostics {
 			out = append(out, ds[i:j]...)
 		} else {
 			out = append(out, ds[i:i+max]...)
-			rest := Diagnostic{File: ds[i].File, Severity: SeverityWarning}
+			rest := Diagnostic{File: ds[i].File, Severity: SeverityWarning, SUT: ds[i].SUT}
 			errs := 0
 			for _, d := range ds[i+max : j] {
 				if d.Severity == SeverityError {

@@ -72,8 +72,12 @@ func Compile(l *Lab, opts CompileOptions) *Desired {
 		}
 	}
 	d.Agents = map[string]AgentInfo{}
+	d.Held = map[string]Diagnostics{}
+	for name, ds := range l.Held {
+		d.Held[name] = ds
+	}
 	for _, s := range l.SUTs {
-		if !s.Enabled() {
+		if !s.Enabled() || l.Held[s.Name] != nil {
 			continue
 		}
 		info := AgentInfo{Server: orDefault(l.Config.Testflinger.Server, s.Agent.ServerAddress), Queues: append([]string(nil), s.Agent.JobQueues...)}

@@ -266,7 +266,7 @@ func (l *Lab) loadStack() {
 		line := bytes.Count(data[:m[2]], []byte("\n")) + 1
 		l.d.warnf(file, line, "variable ${%s} has no default; labsync reads no host environment, so it becomes empty; write the value or ${%s:-default}", data[m[2]:m[3]], data[m[2]:m[3]])
 	}
-	if l.d.list.HasErrors() {
+	if l.hasErrorIn(file) || l.hasErrorIn("lab.yaml") {
 		// compose-go would only repeat these problems without lines.
 		l.Stack = st
 		return

@@ -131,13 +131,20 @@ const (
 	BusyPolicyWait       = "wait"
 )
 
+// AgentBinDir is where every agent container finds the labsync-agent that
+// labsync gives it: a read-only volume mounted at create, holding
+// AgentBinDir/labsync-agent. It is not part of the spec, so its hash does
+// not change when labsync is upgraded.
+const AgentBinDir = "/opt/labsync"
+
 // DefaultAgentCommand runs testflinger-agent on the SUT's configuration,
-// supervised by labsync-agent.
-var DefaultAgentCommand = []string{"labsync-agent", "run", "--sut", "{name}", "--", "testflinger-agent", "-c", "{conf}"}
+// supervised by the labsync-agent that labsync gives the container at
+// AgentBinDir, so the agent image needs none of its own.
+var DefaultAgentCommand = []string{AgentBinDir + "/labsync-agent", "run", "--sut", "{name}", "--", "testflinger-agent", "-c", "{conf}"}
 
 // DefaultAgentHealthcheck asks labsync-agent whether the agent works.
 var DefaultAgentHealthcheck = HealthcheckConfig{
-	Test:        []string{"CMD", "labsync-agent", "healthcheck"},
+	Test:        []string{"CMD", AgentBinDir + "/labsync-agent", "healthcheck"},
 	Interval:    Duration(10 * time.Second),
 	Timeout:     Duration(5 * time.Second),
 	StartPeriod: Duration(30 * time.Second),

@@ -17,7 +17,9 @@ func (l *Lab) crossCheck() {
 				l.d.warnf(s.Conf.Path, s.Agent.AgentIDLine, "agent_id %q differs from the file name; Testflinger, MQTT topics and the container use %q, so set agent_id: %s", s.Agent.AgentID, s.Name, s.Name)
 			}
 			if o := ids[s.Agent.AgentID]; o != nil {
+				// Both are held: which one is right is not labsync's guess.
 				l.d.errorf(s.Conf.Path, s.Agent.AgentIDLine, "agent_id %q is also used by %s; each agent needs its own agent_id", s.Agent.AgentID, o.Conf.Path)
+				l.d.errorf(o.Conf.Path, o.Agent.AgentIDLine, "agent_id %q is also used by %s; each agent needs its own agent_id", s.Agent.AgentID, s.Conf.Path)
 			} else {
 				ids[s.Agent.AgentID] = s
 			}
@@ -25,6 +27,7 @@ func (l *Lab) crossCheck() {
 		if dev := normalizeDevice(s.DeviceIP); dev != "" && s.Enabled() {
 			if o := ips[dev]; o != nil {
 				l.d.errorf(s.Connector.Path, lineOf(s.Connector.Path, "device_ip", l), "device_ip %s is also used by %s; two agents must never drive one device", s.DeviceIP, o.Connector.Path)
+				l.d.errorf(o.Connector.Path, lineOf(o.Connector.Path, "device_ip", l), "device_ip %s is also used by %s; two agents must never drive one device", o.DeviceIP, s.Connector.Path)
 			} else {
 				ips[dev] = s
 			}
@@ -77,15 +80,21 @@ func (l *Lab) crossCheck() {
 // checkAddresses rejects a static address used twice on one network, and
 // static addresses on networks without a subnet.
 func (l *Lab) checkAddresses() {
-	type owner struct{ file, what string }
+	type owner struct {
+		file, what string
+		line       int
+	}
 	used := map[string]owner{}
 	claim := func(net, ip, file string, line int, what string) {
 		key := net + "/" + ip
 		if prev, dup := used[key]; dup {
 			l.d.errorf(file, line, "%s: address %s on network %s is also given to %s in %s", what, ip, net, prev.what, prev.file)
+			if prev.file != l.stackFileOr() { // another agent: held too
+				l.d.errorf(prev.file, prev.line, "%s: address %s on network %s is also given to %s in %s", prev.what, ip, net, what, file)
+			}
 			return
 		}
-		used[key] = owner{file, what}
+		used[key] = owner{file, what, line}
 		if l.Stack != nil {
 			if sn := l.Stack.Networks[net]; sn != nil && len(sn.Config.Ipam.Config) == 0 && sn.Line > 0 {
 				l.d.errorf(file, line, "%s: ipv4_address on network '%s' needs an ipam subnet on that network", what, net)

@@ -46,6 +46,9 @@ type Desired struct {
 	MQTTPrefix string
 	// Agents holds what the submit bridge needs of each enabled agent.
 	Agents map[string]AgentInfo
+	// Held maps each held SUT to the errors that hold it: it has no
+	// container spec, and whatever container it has is left alone.
+	Held map[string]Diagnostics
 }
 
 // AgentInfo is an agent's job template, queues and Testflinger server.

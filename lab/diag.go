@@ -31,6 +31,12 @@ type Diagnostic struct {
 	Line     int      `json:"line,omitempty"`
 	Severity Severity `json:"-"`
 	Message  string   `json:"message"`
+	// SUT is the SUT an error holds; empty for an error that blocks the
+	// whole lab (in lab.yaml, the compose file, or reading the repository).
+	SUT string `json:"sut,omitempty"`
+	// labWide keeps an error about a SUT's file from being scoped to it
+	// (the read budget: what was not read is unknown).
+	labWide bool
 }
 
 // String formats d as "file:line: severity: message".
@@ -47,6 +53,17 @@ func (d Diagnostic) String() string {
 
 // Diagnostics is the list of problems of one repository.
 type Diagnostics []Diagnostic
+
+// Blocking reports whether any error blocks the whole lab (an error that
+// holds a SUT does not).
+func (ds Diagnostics) Blocking() bool {
+	for _, d := range ds {
+		if d.Severity == SeverityError && d.SUT == "" {
+			return true
+		}
+	}
+	return false
+}
 
 // HasErrors reports whether any diagnostic is an error.
 func (ds Diagnostics) HasErrors() bool {
@@ -118,6 +135,12 @@ type diags struct{ list Diagnostics }
 
 func (c *diags) errorf(file string, line int, format string, args ...any) {
 	c.list = append(c.list, Diagnostic{File: file, Line: line, Severity: SeverityError, Message: fmt.Sprintf(format, args...)})
+}
+
+// labErrorf is errorf for an error that blocks the lab even when it is
+// about a SUT's file.
+func (c *diags) labErrorf(file string, line int, format string, args ...any) {
+	c.list = append(c.list, Diagnostic{File: file, Line: line, Severity: SeverityError, Message: fmt.Sprintf(format, args...), labWide: true})
 }
 
 func (c *diags) warnf(file string, line int, format string, args ...any) {

@@ -3,6 +3,7 @@ package lab_test
 import (
 	"reflect"
 	"testing"
+	"testing/fstest"
 	"time"
 
 	"github.com/labsync/labsync/lab"
@@ -166,7 +167,16 @@ func TestLegacyHashMatchesSchema1(t *testing.T) {
 		"alpha":     "83715f98367cc305ce68760569e6f70d4384098d78739a49b560647cb2a0c356",
 		"beta":      "ebaded02c3a8cc9daffa5bb5f6dd32fdde580f5a1fc53a364daab4436fbee9e5",
 	}
-	for _, c := range compileBase(t).Containers {
+	// The agents' defaults changed since (labsync-agent moved to
+	// /opt/labsync): the lab sets the defaults of then.
+	fsys := baseLab()
+	fsys["lab.yaml"] = &fstest.MapFile{Data: []byte("agents:\n  command: [labsync-agent, run, --sut, \"{name}\", --, testflinger-agent, -c, \"{conf}\"]\n" +
+		"  healthcheck: {test: [CMD, labsync-agent, healthcheck], interval: 10s, timeout: 5s, start_period: 30s, retries: 3}\n")}
+	l, err := lab.Load(fsys, lab.LoadOptions{DefaultName: "lab1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range lab.Compile(l, lab.CompileOptions{Revision: "r1"}).Containers {
 		if got := c.LegacyHash(); got != want[c.Name] {
 			t.Errorf("%s: legacy hash %s, want %s", c.Name, got, want[c.Name])
 		}

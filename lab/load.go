@@ -62,6 +62,10 @@ type Lab struct {
 	Stack *Stack
 	// AgentImage is the agent image: a name, or a build inside the repo.
 	AgentImage ImageSource
+	// Held maps each SUT held by errors in its own files, or by a
+	// conflict with another SUT, to those errors. A held SUT is neither
+	// created, changed nor removed; the rest of the lab is applied.
+	Held map[string]Diagnostics
 	// Digest is a SHA-256 of every file the lab was read from.
 	Digest      string
 	Diagnostics Diagnostics
@@ -165,15 +169,46 @@ func LoadContext(ctx context.Context, fsys fs.FS, opts LoadOptions) (*Lab, error
 		step()
 	}
 	l.Digest = l.digest()
+	l.scope()
 	l.d.list.sort()
 	l.Diagnostics = l.d.list.capPerFile(MaxDiagnosticsPerFile)
 	if err := ctx.Err(); err != nil {
 		return l, fmt.Errorf("load lab: %w", err)
 	}
-	if l.Diagnostics.HasErrors() {
+	if l.Diagnostics.Blocking() {
 		return l, &ValidationError{Diagnostics: l.Diagnostics}
 	}
 	return l, nil
+}
+
+// scope gives each error about a SUT's own files to that SUT, and holds
+// the SUTs that have errors: a lab of many devices is many independent
+// things, and one broken file must not stop the others.
+func (l *Lab) scope() {
+	dir := l.agentsDir()
+	l.Held = map[string]Diagnostics{}
+	for i := range l.d.list {
+		d := &l.d.list[i]
+		if d.Severity != SeverityError || d.labWide {
+			continue
+		}
+		if d.SUT == "" && path.Dir(d.File) == dir {
+			if name, kind := sutFileKind(path.Base(d.File)); kind != "" {
+				d.SUT = name
+			}
+		}
+		if d.SUT != "" {
+			l.Held[d.SUT] = append(l.Held[d.SUT], *d)
+		}
+	}
+	for _, ds := range l.Held {
+		ds.sort()
+	}
+}
+
+// HeldNames returns the held SUTs, sorted.
+func (l *Lab) HeldNames() []string {
+	return sortedKeys(l.Held)
 }
 
 // FS returns the file system the lab was loaded from (for image builds).
@@ -393,6 +428,16 @@ func (l *Lab) readOptional(name string) ([]byte, bool) {
 		return nil, false
 	}
 	return l.readEntry(name, e)
+}
+
+// hasErrorIn reports whether an error was found in file.
+func (l *Lab) hasErrorIn(file string) bool {
+	for _, d := range l.d.list {
+		if d.File == file && d.Severity == SeverityError {
+			return true
+		}
+	}
+	return false
 }
 
 func (l *Lab) hasDiag(file string) bool {

@@ -134,8 +134,9 @@ func TestValidation(t *testing.T) {
 				fsys[tc.symlink] = &fstest.MapFile{Data: []byte("/etc/passwd"), Mode: fs.ModeSymlink}
 			}
 			l, err := lab.Load(fsys, lab.LoadOptions{DefaultName: "lab1"})
-			if (err != nil) != tc.wantErr {
-				t.Fatalf("Load error = %v, want error %v\n%s", err, tc.wantErr, l.Diagnostics)
+			// Errors in SUT files hold those SUTs rather than fail Load.
+			if (err != nil || l.Diagnostics.HasErrors()) != tc.wantErr {
+				t.Fatalf("Load error = %v, want errors %v\n%s", err, tc.wantErr, l.Diagnostics)
 			}
 			golden(t, "validate/"+tc.name+".golden", l.Diagnostics.String())
 		})
@@ -162,10 +163,10 @@ func TestDefaultsWithoutLabYAML(t *testing.T) {
 	if alpha.ContainerName != "alpha" || alpha.Hostname != "alpha" || alpha.Image != lab.DefaultAgentImage || alpha.Restart != "always" {
 		t.Errorf("alpha = %+v", alpha)
 	}
-	if got := strings.Join(alpha.Command, " "); got != "labsync-agent run --sut alpha -- testflinger-agent -c /data/testflinger-agent/sut/alpha.conf" {
+	if got := strings.Join(alpha.Command, " "); got != "/opt/labsync/labsync-agent run --sut alpha -- testflinger-agent -c /data/testflinger-agent/sut/alpha.conf" {
 		t.Errorf("command = %s", got)
 	}
-	if h := alpha.Healthcheck; h == nil || strings.Join(h.Test, " ") != "CMD labsync-agent healthcheck" {
+	if h := alpha.Healthcheck; h == nil || strings.Join(h.Test, " ") != "CMD /opt/labsync/labsync-agent healthcheck" {
 		t.Errorf("healthcheck = %+v", h)
 	}
 	var paths []string

@@ -29,6 +29,10 @@ type Engine interface {
 	SetRestartPolicy(ctx context.Context, id, policy string) error
 	Preflight(ctx context.Context, spec *lab.ContainerSpec, asideName string) error
 	AgentActivity(ctx context.Context, id string) (runtime.Activity, error)
+	// AgentBinaryVolume and PruneAgentBinaryVolumes manage the volume
+	// that gives agent containers labsync-agent.
+	AgentBinaryVolume(ctx context.Context, labName, path string) (*runtime.AgentBinary, error)
+	PruneAgentBinaryVolumes(ctx context.Context, labName, keep string) error
 }
 
 var _ Engine = (*runtime.Client)(nil)
@@ -126,6 +130,11 @@ type ApplyOptions struct {
 	// ServerBusy, when set, asks the Testflinger server whether an agent
 	// without a labsync-agent heartbeat runs a job.
 	ServerBusy func(ctx context.Context, agent string) (bool, error)
+	// AgentBinary is the static labsync-agent binary that every new agent
+	// container gets, read-only at lab.AgentBinDir, from a volume filled
+	// once per binary. Empty: none; an agent that runs it from there must
+	// then find it in its image.
+	AgentBinary string
 }
 
 // DefaultStopTimeout is Docker's own default grace period.
@@ -169,6 +178,7 @@ func Apply(ctx context.Context, eng Engine, p *Changeset, opts ApplyOptions) *Re
 	if len(batch) > 0 {
 		a.runParallel(ctx, batch)
 	}
+	a.pruneAgentBinaries(ctx)
 	sort.SliceStable(a.results, func(i, j int) bool { return a.results[i].order < a.results[j].order })
 	return &Report{Lab: p.Lab, Revision: p.Revision, Results: a.results, Duration: time.Since(start)}
 }
@@ -187,6 +197,12 @@ type applier struct {
 	// heldDevices maps devices whose old agent could not be stopped (busy)
 	// to that agent's name.
 	heldDevices map[string]string
+
+	// agentBin is the labsync-agent volume of this apply, made at the
+	// first agent create.
+	agentBinOnce sync.Once
+	agentBin     *runtime.AgentBinary
+	agentBinErr  error
 }
 
 func (a *applier) runParallel(ctx context.Context, idx []int) {
@@ -359,6 +375,32 @@ func (a *applier) createOpts() runtime.CreateOptions {
 	return runtime.CreateOptions{Lab: a.plan.Lab, Revision: a.plan.Revision}
 }
 
+// agentBinary returns the labsync-agent volume for new agent containers,
+// made once per apply; nil when no binary was given.
+func (a *applier) agentBinary(ctx context.Context) (*runtime.AgentBinary, error) {
+	if a.opts.AgentBinary == "" {
+		return nil, nil
+	}
+	a.agentBinOnce.Do(func() {
+		a.agentBin, a.agentBinErr = a.eng.AgentBinaryVolume(ctx, a.plan.Lab, a.opts.AgentBinary)
+		if a.agentBinErr != nil {
+			a.agentBinErr = fmt.Errorf("labsync-agent for agent containers: %w", a.agentBinErr)
+		}
+	})
+	return a.agentBin, a.agentBinErr
+}
+
+// pruneAgentBinaries removes, best effort, the lab's labsync-agent volumes
+// of other binaries once no container uses them.
+func (a *applier) pruneAgentBinaries(ctx context.Context) {
+	if a.agentBin == nil || ctx.Err() != nil {
+		return
+	}
+	if err := a.eng.PruneAgentBinaryVolumes(ctx, a.plan.Lab, a.agentBin.Volume); err != nil {
+		a.opts.Logger.Warn("old labsync-agent volumes not removed", "err", err)
+	}
+}
+
 func (a *applier) removeLeftovers(ctx context.Context, act *Action) error {
 	for _, c := range act.Leftovers {
 		if err := a.eng.RemoveContainer(ctx, c.ID); err != nil {
@@ -397,7 +439,15 @@ func (a *applier) failed(ctx context.Context, err error) (Status, error) {
 // bringUp creates, starts and watches a new container. On failure the new
 // container is removed.
 func (a *applier) bringUp(ctx context.Context, act *Action) (string, error) {
-	id, err := a.eng.CreateContainer(ctx, act.Spec, a.createOpts())
+	opts := a.createOpts()
+	if act.Spec.Kind == lab.KindAgent {
+		bin, err := a.agentBinary(ctx)
+		if err != nil {
+			return "", err
+		}
+		opts.AgentBinary = bin
+	}
+	id, err := a.eng.CreateContainer(ctx, act.Spec, opts)
 	if err != nil {
 		return "", err
 	}

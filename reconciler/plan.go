@@ -74,8 +74,20 @@ type Changeset struct {
 	Warnings []string `json:"warnings,omitempty"`
 	// PruneBlocked is set when the mass-removal guard kept orphans.
 	PruneBlocked bool `json:"prune_blocked,omitempty"`
+	// Held are the agents left as they are until their files are fixed:
+	// neither created, changed nor removed.
+	Held []HeldAgent `json:"held,omitempty"`
 
 	desired *lab.Desired
+}
+
+// HeldAgent is an agent a plan leaves alone, and why.
+type HeldAgent struct {
+	Name string `json:"name"`
+	// Container is the agent's container, left as it runs; empty when it
+	// has none.
+	Container string   `json:"container,omitempty"`
+	Reasons   []string `json:"reasons"`
 }
 
 // Empty reports whether the plan has no actions.
@@ -152,12 +164,20 @@ func Plan(desired *lab.Desired, observed *runtime.Observed, opts PlanOptions) *C
 	}
 
 	declared := map[objKey]bool{}
+	heldDevices := p.holdAgents(desired, byObject, declared)
 	for i := range desired.Containers {
 		spec := &desired.Containers[i]
 		k := objKey{spec.Kind, spec.Name}
 		declared[k] = true
+		if owner := heldDevices[spec.Device]; spec.Kind == lab.KindAgent && spec.Device != "" && owner != "" && owner != spec.Name {
+			// The held agent's container may drive the device still:
+			// never start a second agent on it.
+			p.hold(spec.Name, byObject[k], fmt.Sprintf("device %s is driven by the container of %s, which is held; this agent waits until %s is fixed or gone", spec.Device, owner, owner))
+			continue
+		}
 		p.planContainer(spec, byObject[k], observed.Images, opts.Recreate)
 	}
+	sort.Slice(p.Held, func(i, j int) bool { return p.Held[i].Name < p.Held[j].Name })
 
 	p.planPrune(desired, observed, byObject, declared, opts)
 	sortActions(p.Actions, desired)
@@ -166,6 +186,44 @@ func Plan(desired *lab.Desired, observed *runtime.Observed, opts PlanOptions) *C
 }
 
 func (p *Changeset) add(a Action) { p.Actions = append(p.Actions, a) }
+
+// holdAgents records the held agents of desired, marks them declared (so
+// their containers are not orphans, and the prune guard counts them as
+// present), and returns the devices their containers drive.
+func (p *Changeset) holdAgents(desired *lab.Desired, byObject map[objKey][]runtime.ObservedContainer, declared map[objKey]bool) map[string]string {
+	devices := map[string]string{}
+	names := make([]string, 0, len(desired.Held))
+	for name := range desired.Held {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		k := objKey{lab.KindAgent, name}
+		declared[k] = true
+		var reasons []string
+		for _, d := range desired.Held[name] {
+			reasons = append(reasons, d.String())
+		}
+		p.hold(name, byObject[k], reasons...)
+		for _, c := range byObject[k] {
+			if c.Device != "" {
+				devices[c.Device] = name
+			}
+		}
+	}
+	return devices
+}
+
+// hold records a held agent with its containers as they are.
+func (p *Changeset) hold(name string, found []runtime.ObservedContainer, reasons ...string) {
+	h := HeldAgent{Name: name, Reasons: reasons}
+	for _, c := range found {
+		if !c.Aside {
+			h.Container = c.Name
+		}
+	}
+	p.Held = append(p.Held, h)
+}
 
 func (p *Changeset) planContainer(spec *lab.ContainerSpec, found []runtime.ObservedContainer, images map[string]string, force map[string]string) {
 	var primary, aside *runtime.ObservedContainer
@@ -323,7 +381,8 @@ func (p *Changeset) planPrune(desired *lab.Desired, observed *runtime.Observed, 
 		declaredVols[v.Name] = true
 	}
 	for _, v := range observed.Volumes {
-		if !declaredVols[v.Name] {
+		// labsync's own labsync-agent volume is never declared.
+		if !declaredVols[v.Name] && !v.AgentBinary {
 			p.Warnings = append(p.Warnings, fmt.Sprintf("volume %s is no longer declared; labsync never deletes volumes, remove it by hand (docker volume rm %s) if its data is not needed", v.Name, v.Name))
 		}
 	}

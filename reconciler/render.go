@@ -29,6 +29,19 @@ func (p *Changeset) WriteTable(w io.Writer) error {
 		}
 		tw.Flush()
 	}
+	if len(p.Held) > 0 {
+		fmt.Fprintf(&b, "\nHeld (%d): neither created, changed nor removed until their files are fixed; their containers run as they are:\n", len(p.Held))
+		for _, h := range p.Held {
+			c := "no container"
+			if h.Container != "" {
+				c = "container " + h.Container + " kept"
+			}
+			fmt.Fprintf(&b, "  %s (%s)\n", h.Name, c)
+			for _, r := range h.Reasons {
+				fmt.Fprintf(&b, "      %s\n", r)
+			}
+		}
+	}
 	if len(p.Warnings) > 0 {
 		b.WriteString("\nWarnings:\n")
 		for _, w := range p.Warnings {
@@ -44,6 +57,10 @@ func (p *Changeset) WriteTable(w io.Writer) error {
 func (p *Changeset) Summary() string {
 	c := p.Counts()
 	other := len(p.Actions) - c[Create] - c[Recreate] - c[Start] - c[Remove]
-	return fmt.Sprintf("Plan: %d to create, %d to recreate, %d to start, %d to remove, %d other; %d unchanged.",
+	s := fmt.Sprintf("Plan: %d to create, %d to recreate, %d to start, %d to remove, %d other; %d unchanged.",
 		c[Create], c[Recreate], c[Start], c[Remove], other, len(p.Unchanged))
+	if len(p.Held) > 0 {
+		s = strings.TrimSuffix(s, ".") + fmt.Sprintf("; %d held.", len(p.Held))
+	}
+	return s
 }

@@ -34,7 +34,8 @@ type ObjectStatus struct {
 	Health       string `json:"health"`
 	DockerHealth string `json:"docker_health,omitempty"`
 	// Drift is what a pass would still do about the object, if anything:
-	// create, recreate, start, remove.
+	// create, recreate, start, remove; or held, when errors in its files
+	// (Reason, with file:line) keep labsync from touching it.
 	Drift     string `json:"drift,omitempty"`
 	Reason    string `json:"reason,omitempty"`
 	Revision  string `json:"revision,omitempty"`
@@ -93,6 +94,13 @@ func (s LabStatus) Objects() []ObjectStatus {
 		}
 	}
 	if s.Plan != nil {
+		for _, h := range s.Plan.Held {
+			o := get(string(lab.KindAgent), h.Name)
+			if h.Container != "" && o.Container == "" {
+				o.Container = h.Container
+			}
+			o.Drift, o.Reason = DriftHeld, strings.Join(h.Reasons, "; ")
+		}
 		for _, a := range s.Plan.Actions {
 			if a.ObjectKind != string(lab.KindAgent) && a.ObjectKind != string(lab.KindService) {
 				continue
@@ -145,7 +153,12 @@ type Summary struct {
 	Services    int       `json:"services"`
 	Drifted     int       `json:"drifted"`
 	Unhealthy   int       `json:"unhealthy"`
+	// Held counts the agents held by errors in their files.
+	Held int `json:"held"`
 }
+
+// DriftHeld is the drift of an agent held by errors in its files.
+const DriftHeld = "held"
 
 // Summary counts the lab's objects and says how the last pass went.
 func (s LabStatus) Summary() Summary {
@@ -159,7 +172,11 @@ func (s LabStatus) Summary() Summary {
 		} else {
 			v.Services++
 		}
-		if o.Drift != "" {
+		switch o.Drift {
+		case "":
+		case DriftHeld:
+			v.Held++
+		default:
 			v.Drifted++
 		}
 		if o.Health != HealthHealthy && o.Health != HealthStarting {

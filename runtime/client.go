@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -53,6 +54,11 @@ type Client struct {
 	log     *slog.Logger
 	secrets SecretSource
 	calls   *callCounter
+
+	// agentBinLocks holds one lock per labsync-agent volume, so agents
+	// created at the same time fill it once.
+	agentBinMu    sync.Mutex
+	agentBinLocks map[string]*sync.Mutex
 }
 
 // New connects to the Docker engine. The API version is negotiated on the

@@ -30,6 +30,10 @@ type CreateOptions struct {
 	Revision string
 	// Name overrides the container name (used to create beside an old one).
 	Name string
+	// AgentBinary, when set, is mounted read-only at lab.AgentBinDir in
+	// agent containers (and filled first if need be). It is added at
+	// create and is not part of the spec hash.
+	AgentBinary *AgentBinary
 }
 
 // ErrNameInUse is returned when a container of the wanted name exists but
@@ -91,6 +95,11 @@ func (c *Client) CreateContainer(ctx context.Context, spec *lab.ContainerSpec, o
 	for _, n := range spec.Networks[min(1, len(spec.Networks)):] {
 		if err := c.api.NetworkConnect(ctx, n.Network, resp.ID, endpoint(n)); err != nil {
 			return "", fmt.Errorf("connect %s to network %s: %w", name, n.Network, err)
+		}
+	}
+	if spec.Kind == lab.KindAgent {
+		if err := c.provideAgentBinary(ctx, resp.ID, spec, opts.Lab, agentBinaryFor(spec, opts.AgentBinary)); err != nil {
+			return "", fmt.Errorf("create %s: %w", name, err)
 		}
 	}
 	if len(spec.Files) > 0 {
@@ -166,6 +175,9 @@ func (c *Client) containerConfig(spec *lab.ContainerSpec, opts CreateOptions) (*
 	}
 	for _, m := range spec.Mounts {
 		host.Mounts = append(host.Mounts, mount.Mount{Type: mount.Type(m.Type), Source: m.Source, Target: m.Target, ReadOnly: m.ReadOnly})
+	}
+	if bin := agentBinaryFor(spec, opts.AgentBinary); bin != nil {
+		host.Mounts = append(host.Mounts, agentBinaryMount(bin))
 	}
 	if len(spec.Ports) > 0 || len(spec.Expose) > 0 {
 		cfg.ExposedPorts = nat.PortSet{}

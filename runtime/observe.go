@@ -63,6 +63,9 @@ type ObservedVolume struct {
 	Name   string
 	Object string
 	Hash   string
+	// AgentBinary marks labsync's own volume of labsync-agent for agent
+	// containers: never declared in the repository.
+	AgentBinary bool
 }
 
 func labFilter(labName string) filters.Args {
@@ -99,7 +102,8 @@ func (c *Client) Observe(ctx context.Context, labName string) (*Observed, error)
 		return nil, fmt.Errorf("list volumes: %w", err)
 	}
 	for _, v := range vs.Volumes {
-		obs.Volumes = append(obs.Volumes, ObservedVolume{Name: v.Name, Object: v.Labels[LabelObject], Hash: v.Labels[LabelHash]})
+		_, agentBin := v.Labels[LabelAgentBinary]
+		obs.Volumes = append(obs.Volumes, ObservedVolume{Name: v.Name, Object: v.Labels[LabelObject], Hash: v.Labels[LabelHash], AgentBinary: agentBin})
 	}
 	sort.Slice(obs.Volumes, func(i, j int) bool { return obs.Volumes[i].Name < obs.Volumes[j].Name })
 	imgs, err := c.api.ImageList(ctx, image.ListOptions{})

@@ -4,8 +4,10 @@
 # The demo lab (testdata/demo-lab) has three agents and a Testflinger server.
 # Both run a stand-in program (testdata/standin), built here as a static Go
 # binary into a FROM scratch image that labsync builds from the lab's own
-# build context, with labsync-agent supervising each stand-in agent and
-# serving its healthcheck. The stand-in logs like testflinger-agent.
+# build context. The image holds no labsync-agent: labsync finds
+# bin/labsync-agent next to bin/labsync and mounts it read-only at
+# /opt/labsync in every agent container, where it supervises the stand-in
+# and serves its healthcheck. The stand-in logs like testflinger-agent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,14 +33,13 @@ if [ "${1:-}" = clean ]; then clean; exit 0; fi
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
 scripts/test-setup.sh >/dev/null
-step "Building labsync and the stand-in agent (static Go binaries)"
+step "Building labsync, labsync-agent and the stand-in agent (static Go binaries)"
 go build -trimpath -o bin/labsync ./cmd/labsync
+CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o bin/labsync-agent ./cmd/labsync-agent
 rm -rf "$WORK" && mkdir -p "$WORK"
 cp -r testdata/demo-lab/. "$WORK/"
-cp testdata/standin/Dockerfile "$WORK/images/standin/Dockerfile"
 CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$WORK/images/standin/standin" ./testdata/standin
-CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$WORK/images/standin/labsync-agent" ./cmd/labsync-agent
-echo "    bin/labsync, $WORK (a copy of testdata/demo-lab)"
+echo "    bin/labsync, bin/labsync-agent (found next to labsync), $WORK (a copy of testdata/demo-lab)"
 
 step "labsync validate $WORK"
 bin/labsync validate "$WORK"

@@ -296,7 +296,24 @@ func CheckConnectorConf(root *yaml.Node) (ConnectorConf, []yamlcheck.Finding) {
 			fs = append(fs, yamlcheck.Errorf(n, "'device_ip' is %q, which is neither an IP address nor a host name", n.Value))
 		}
 	}
+	// The environment given to test commands may name the device again;
+	// when it disagrees, one of the two is a copy-paste slip.
+	for _, p := range yamlcheck.Pairs(vals["env"]) {
+		if p.Key == "DEVICE_IP" && yamlcheck.IsScalar(p.Value) && conf.DeviceIP != "" && !sameDevice(p.Value.Value, conf.DeviceIP) {
+			fs = append(fs, yamlcheck.Warnf(p.KeyN, "env DEVICE_IP is %s but device_ip is %s; test commands would reach another device: make them agree", p.Value.Value, conf.DeviceIP))
+		}
+	}
 	return conf, fs
+}
+
+// sameDevice compares device addresses: IP addresses in canonical form,
+// host names without case.
+func sameDevice(a, b string) bool {
+	ia, ib := net.ParseIP(strings.TrimSpace(a)), net.ParseIP(strings.TrimSpace(b))
+	if ia != nil && ib != nil {
+		return ia.Equal(ib)
+	}
+	return strings.EqualFold(strings.TrimSpace(a), strings.TrimSpace(b))
 }
 
 // CheckJob checks a Testflinger job document (what testflinger-cli submit

@@ -147,7 +147,13 @@ func runValidate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if c.git.repo != "" {
 		dir = gitsource.Redact(c.git.repo)
 	}
-	_, warns := l.Diagnostics.Count()
+	errs, warns := l.Diagnostics.Count()
+	if errs > 0 {
+		// Only SUTs are held: the rest would be applied, but the
+		// repository still has errors.
+		fmt.Fprintf(stderr, "%s: %d error(s), %d warning(s); %d SUT(s) held, the rest would be applied: %s\n", dir, errs, warns, len(l.Held), strings.Join(l.HeldNames(), ", "))
+		return exitError{1}
+	}
 	agents, services := 0, 0
 	for _, s := range l.SUTs {
 		if s.Enabled() {
@@ -219,9 +225,26 @@ func runPlan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(p)
+		if err := enc.Encode(p); err != nil {
+			return err
+		}
+	} else if err := p.WriteTable(stdout); err != nil {
+		return err
 	}
-	return p.WriteTable(stdout)
+	return heldExit(p, stderr)
+}
+
+// heldExit says which SUTs are held and returns exit status 1 when any is.
+func heldExit(p *reconciler.Changeset, stderr io.Writer) error {
+	if len(p.Held) == 0 {
+		return nil
+	}
+	names := make([]string, len(p.Held))
+	for i, h := range p.Held {
+		names[i] = h.Name
+	}
+	fmt.Fprintf(stderr, "labsync: %d SUT(s) held until their files are fixed: %s\n", len(names), strings.Join(names, ", "))
+	return exitError{1}
 }
 
 func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -236,9 +259,15 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.DurationVar(&stopTimeout, "stop-timeout", reconciler.DefaultStopTimeout, "time a container gets to stop before it is killed")
 	var ignoreBusy bool
 	fs.BoolVar(&ignoreBusy, "ignore-busy", false, "recreate or remove agents even while they run a job (otherwise such changes are deferred)")
+	var agentBinFlag string
+	fs.StringVar(&agentBinFlag, "agent-binary", os.Getenv("LABSYNC_AGENT_BINARY"), agentBinaryUsage+" (env: LABSYNC_AGENT_BINARY)")
 	dir, err := parse(fs, args)
 	if err != nil {
 		return err
+	}
+	agentBin, err := runtime.FindAgentBinary(agentBinFlag)
+	if err != nil {
+		return fmt.Errorf("--agent-binary: %w", err)
 	}
 	p, rt, done, err := planHost(ctx, dir, &c, forcePrune, stderr)
 	if err != nil {
@@ -249,7 +278,7 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	if p.Empty() {
-		return nil
+		return heldExit(p, stderr)
 	}
 	fmt.Fprintf(stdout, "\nApplying %d action(s)...\n", len(p.Actions))
 	pr := &progress{w: stdout, total: len(p.Actions)}
@@ -259,6 +288,7 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		OnStep:      pr.step,
 		OnResult:    pr.result,
 		IgnoreBusy:  ignoreBusy,
+		AgentBinary: agentBin,
 	})
 	writeReport(stdout, report)
 	if d := report.Deferred(); len(d) > 0 {
@@ -268,8 +298,11 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintf(stderr, "labsync: %d of %d action(s) did not succeed\n", n, len(report.Results))
 		return exitError{1}
 	}
-	return nil
+	return heldExit(p, stderr)
 }
+
+// agentBinaryUsage describes --agent-binary of apply and serve.
+const agentBinaryUsage = "static labsync-agent binary that agent containers get, read-only at " + lab.AgentBinDir + " (default: labsync-agent next to labsync, else on PATH)"
 
 func writeReport(w io.Writer, r *reconciler.Report) {
 	counts := map[reconciler.Status]int{}

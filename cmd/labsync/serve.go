@@ -44,6 +44,7 @@ type serveFlags struct {
 	minBackoff       time.Duration
 	busyRecheck      time.Duration
 	ignoreBusy       bool
+	agentBinary      string
 	mqtt             mqttFlags
 	github           githubFlags
 	autoHeal         reconciler.AutoHeal
@@ -69,6 +70,7 @@ func (f *serveFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.flapWindow, "flap-window", 10*time.Minute, "window of --flap-limit")
 	fs.DurationVar(&f.busyRecheck, "busy-recheck", 30*time.Second, "how soon a change deferred for a busy agent is tried again")
 	fs.BoolVar(&f.ignoreBusy, "ignore-busy", false, "recreate or remove agents even while they run a job")
+	fs.StringVar(&f.agentBinary, "agent-binary", "", agentBinaryUsage)
 	f.mqtt.register(fs)
 	f.github.register(fs)
 	fs.IntVar(&f.autoHeal.After, "auto-heal-after", 0, "restart an agent that failed this many healthchecks in a row; 0 disables auto-heal")
@@ -161,6 +163,15 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if secret == "" && token == "" && !f.insecureWebhooks {
 		log.Warn("webhooks are off: set --webhook-secret-file (GitHub) or --webhook-token-file (generic), or --insecure-webhooks")
 	}
+	agentBin, err := runtime.FindAgentBinary(f.agentBinary)
+	if err != nil {
+		return fmt.Errorf("--agent-binary: %w", err)
+	}
+	if agentBin == "" {
+		log.Warn("no labsync-agent binary found; agents that run it from its volume (the default command does) start only if their image has it: set --agent-binary", "path", lab.AgentBinDir+"/labsync-agent")
+	} else {
+		log.Info("agent containers get labsync-agent", "binary", agentBin)
+	}
 	if f.git.cacheDir == "" {
 		f.git.cacheDir = filepath.Join(f.dataDir, "git")
 	}
@@ -206,7 +217,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Source: src, Docker: rt, DefaultName: name, Load: lab.LoadOptions{Policy: policy},
 		PollInterval: f.pollInterval, MinBackoff: f.minBackoff, MaxBackoff: f.maxBackoff,
 		ForcePrune:  f.forcePrune,
-		Apply:       reconciler.ApplyOptions{Parallelism: f.parallelism, StopTimeout: f.stopTimeout, IgnoreBusy: f.ignoreBusy},
+		Apply:       reconciler.ApplyOptions{Parallelism: f.parallelism, StopTimeout: f.stopTimeout, IgnoreBusy: f.ignoreBusy, AgentBinary: agentBin},
 		BusyRecheck: f.busyRecheck,
 		Logger:      log,
 		OnRun:       func(r reconciler.Run) { srv.ObserveRun(r); reporter.observe(r, ctrlRef.Load().Status()) },

@@ -293,12 +293,18 @@ func TestServeFollowsGitAndWebhooks(t *testing.T) {
 	}
 
 	// An invalid commit is reported and not applied.
+	// (An error in lab.yaml blocks the lab; one in a SUT's file would
+	// only hold that SUT: TestServeHoldsABrokenSUT.)
 	before := g.containers(t)
-	bad := g.repo.Commit("typo", map[string]string{"sut/beta.conf": strings.Replace(agentConfFor("beta"), "job_queues", "job_queus", 1)})
+	labYAML, err := os.ReadFile(filepath.Join(g.repo.Dir, "lab.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := g.repo.Commit("typo", map[string]string{"lab.yaml": string(labYAML) + "prnue: {}\n", "sut/beta.conf": strings.Replace(agentConfFor("beta"), "polling_interval: 60", "polling_interval: 61", 1)})
 	pushHook(t, d.url, g.secret, "refs/heads/main", "delivery-4")
 	testenv.Eventually(t, 30*time.Second, "invalid revision not reported", func() bool { return d.status().Invalid == bad })
 	runs := d.runs()
-	if runs[0].Result != "invalid" || len(runs[0].Diagnostics) == 0 || !strings.Contains(runs[0].Diagnostics[0], "sut/beta.conf:3") {
+	if runs[0].Result != "invalid" || len(runs[0].Diagnostics) == 0 || !strings.Contains(runs[0].Diagnostics[0], "unknown key 'prnue'") {
 		t.Errorf("last run = %+v", runs[0])
 	}
 	after := g.containers(t)
@@ -308,7 +314,7 @@ func TestServeFollowsGitAndWebhooks(t *testing.T) {
 		}
 	}
 	// The fixing commit is applied.
-	g.repo.Commit("fix typo, add gamma", map[string]string{"sut/beta.conf": agentConfFor("beta"), "sut/gamma.conf": agentConfFor("gamma")})
+	g.repo.Commit("fix typo, add gamma", map[string]string{"lab.yaml": string(labYAML), "sut/beta.conf": agentConfFor("beta"), "sut/gamma.conf": agentConfFor("gamma")})
 	pushHook(t, d.url, g.secret, "refs/heads/main", "delivery-5")
 	g.waitRunning(t, 60*time.Second, "alpha", "beta", "gamma")
 	testenv.Eventually(t, 30*time.Second, "invalid revision still reported", func() bool { return d.status().Invalid == "" })

@@ -130,8 +130,10 @@ func Eventually(t testing.TB, timeout time.Duration, msg string, cond func() boo
 }
 
 var (
-	standinMu  sync.Mutex
-	standinTag string
+	standinMu sync.Mutex
+	// standinTags maps the Dockerfile of each stand-in image built by this
+	// process to its tag.
+	standinTags = map[string]string{}
 )
 
 // RepoRoot returns the repository's top folder.
@@ -173,40 +175,60 @@ func buildBinary(t testing.TB, name, pkg string) string {
 }
 
 // StandinImage builds the stand-in image (FROM scratch, the stand-in as
-// testflinger-agent and testflinger-server) once per test binary and
-// returns its tag. The tag is the content's digest, so runs share it.
+// testflinger-agent and testflinger-server, with its own labsync-agent)
+// once per test binary and returns its tag. The tag is the content's
+// digest, so runs share it.
 func StandinImage(t testing.TB, rt *runtime.Client) string {
 	t.Helper()
-	bin, agentBin := StandinBinary(t), AgentBinary(t)
+	return standinImage(t, rt, "standin", "Dockerfile", map[string]string{"standin": StandinBinary(t), "labsync-agent": AgentBinary(t)})
+}
+
+// BareStandinImage builds an agent image without labsync-agent: FROM
+// scratch with only the stand-in as testflinger-agent and
+// testflinger-server, like an agent image built from the old stack's
+// Dockerfile. An agent runs in it under the default command only when
+// labsync gives the container its labsync-agent.
+func BareStandinImage(t testing.TB, rt *runtime.Client) string {
+	t.Helper()
+	return standinImage(t, rt, "standin-bare", "bare.Dockerfile", map[string]string{"standin": StandinBinary(t)})
+}
+
+// standinImage builds testdata/standin/<dockerfile> with the given files
+// (name in the context → path here) once per test binary, tagged
+// labsync-test/<repo>.
+func standinImage(t testing.TB, rt *runtime.Client, repo, dockerfile string, files map[string]string) string {
+	t.Helper()
 	standinMu.Lock()
 	defer standinMu.Unlock()
-	if standinTag != "" {
-		return standinTag
+	if tag := standinTags[dockerfile]; tag != "" {
+		return tag
 	}
-	binData, err := os.ReadFile(bin)
+	df, err := os.ReadFile(filepath.Join(RepoRoot(), "testdata", "standin", dockerfile))
 	if err != nil {
 		t.Fatal(err)
 	}
-	agentData, err := os.ReadFile(agentBin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dockerfile, err := os.ReadFile(filepath.Join(RepoRoot(), "testdata", "standin", "Dockerfile"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	buildContext := map[string][]byte{"Dockerfile": df}
 	sum := sha256.New()
-	sum.Write(binData)
-	sum.Write(agentData)
-	sum.Write(dockerfile)
+	sum.Write(df)
+	for _, name := range []string{"standin", "labsync-agent"} {
+		if files[name] == "" {
+			continue
+		}
+		data, err := os.ReadFile(files[name])
+		if err != nil {
+			t.Fatal(err)
+		}
+		buildContext[name] = data
+		sum.Write(data)
+	}
 	// One image per test process: Main removes it when the process ends,
 	// so packages tested in parallel never remove each other's image.
-	tag := fmt.Sprintf("labsync-test/standin:%s-%d", hex.EncodeToString(sum.Sum(nil))[:12], os.Getpid())
+	tag := fmt.Sprintf("labsync-test/%s:%s-%d", repo, hex.EncodeToString(sum.Sum(nil))[:12], os.Getpid())
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
-	for name, data := range map[string][]byte{"Dockerfile": dockerfile, "standin": binData, "labsync-agent": agentData} {
+	for name, data := range buildContext {
 		_ = tw.WriteHeader(&tar.Header{Name: name, Mode: 0o755, Size: int64(len(data))})
 		_, _ = tw.Write(data)
 	}
@@ -220,7 +242,7 @@ func StandinImage(t testing.TB, rt *runtime.Client) string {
 	if err := jsonmessage.DisplayJSONMessagesStream(resp.Body, &out, 0, false, nil); err != nil {
 		t.Fatalf("build stand-in image: %v\n%s", err, out.String())
 	}
-	standinTag = tag
+	standinTags[dockerfile] = tag
 	return tag
 }
 
@@ -231,7 +253,7 @@ func processLabel() string { return fmt.Sprintf("standin-%d", os.Getpid()) }
 func Main(m *testing.M) {
 	code := m.Run()
 	standinMu.Lock()
-	built := standinTag != ""
+	built := len(standinTags) > 0
 	standinMu.Unlock()
 	if built {
 		if rt, err := runtime.New(runtime.Options{}); err == nil {
