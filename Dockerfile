@@ -36,6 +36,6 @@ LABEL org.opencontainers.image.title="labsync" \
       org.opencontainers.image.revision="${COMMIT}"
 COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY --from=build /out/labsync /out/labsync-agent /
-EXPOSE 8080
+EXPOSE 9631
 ENTRYPOINT ["/labsync"]
 CMD ["serve"]

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"path"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -20,7 +21,7 @@ type CompileOptions struct {
 // Compile turns a valid lab into the desired state of its Docker host. It
 // is deterministic: the same lab gives the same specs and hashes.
 func Compile(l *Lab, opts CompileOptions) *Desired {
-	d := &Desired{Lab: l.Name, Revision: opts.Revision, TestflingerServer: l.Config.Testflinger.Server, MQTTPrefix: orDefault(l.Config.MQTT.Prefix, "labsync/"+l.Name)}
+	d := &Desired{Lab: l.Name, Revision: opts.Revision, ComposeProject: l.Config.Adopt.ComposeProject, TestflingerServer: l.Config.Testflinger.Server, MQTTPrefix: orDefault(l.Config.MQTT.Prefix, "labsync/"+l.Name)}
 	if d.Revision == "" {
 		d.Revision = "dir-" + l.Digest[:12]
 	}
@@ -71,6 +72,9 @@ func Compile(l *Lab, opts CompileOptions) *Desired {
 			d.Containers = append(d.Containers, c)
 		}
 	}
+	if l.Stack != nil {
+		d.Broker = stackBroker(l.Stack)
+	}
 	d.Agents = map[string]AgentInfo{}
 	d.Held = map[string]Diagnostics{}
 	for name, ds := range l.Held {
@@ -85,7 +89,7 @@ func Compile(l *Lab, opts CompileOptions) *Desired {
 			info.JobTemplate = s.Job.Data
 		}
 		d.Agents[s.Name] = info
-		c := l.compileAgent(s)
+		c := l.compileAgent(s, d.Broker)
 		if c.Image == "" {
 			c.Image = addBuild(l.AgentImage.Build)
 			c.BuildTag = c.Image
@@ -182,7 +186,59 @@ func (l *Lab) agentNetworks() map[string]NetworkAttach {
 	return map[string]NetworkAttach{"default": {}}
 }
 
-func (l *Lab) compileAgent(s *SUT) ContainerSpec {
+// stackBroker finds the stack's MQTT broker: the first service, by name,
+// whose image is a Mosquitto or that serves container port 1883.
+func stackBroker(st *Stack) *StackBroker {
+	for _, svc := range st.Services {
+		sc := svc.Config
+		b := &StackBroker{Service: svc.Name}
+		is := strings.HasSuffix(imageRepository(sc.Image), "mosquitto") || slices.Contains(sc.Expose, "1883")
+		for _, p := range sc.Ports {
+			if p.Target == 1883 {
+				is = true
+				b.HostIP, b.HostPort = p.HostIP, p.Published
+			}
+		}
+		if is {
+			return b
+		}
+	}
+	return nil
+}
+
+// sharesNetwork reports whether an agent (with its overrides) joins a
+// network of the stack service.
+func (l *Lab) sharesNetwork(service string, o *AgentOverride) bool {
+	agent := map[string]NetworkAttach{}
+	for k, v := range l.agentNetworks() {
+		agent[k] = v
+	}
+	for k := range o.Networks {
+		agent[k] = NetworkAttach{}
+	}
+	for _, svc := range l.Stack.Services {
+		if svc.Name != service {
+			continue
+		}
+		nets := svc.Config.Networks
+		if len(nets) == 0 {
+			_, ok := agent["default"]
+			return ok
+		}
+		for k := range nets {
+			if _, ok := agent[k]; ok {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// DefaultAgentMQTTPort is the broker port labsync-agent reaches a stack's
+// broker on, by service name.
+const DefaultAgentMQTTPort = "1883"
+
+func (l *Lab) compileAgent(s *SUT, broker *StackBroker) ContainerSpec {
 	cfg := l.Config.Agents
 	o := s.Override
 	if o == nil {
@@ -237,6 +293,11 @@ func (l *Lab) compileAgent(s *SUT) ContainerSpec {
 	}
 	for k, v := range o.Env {
 		env[k] = expand(v, vars)
+	}
+	// The stack's broker, by service name on the agents' network, unless
+	// the lab names another.
+	if _, set := env["LABSYNC_AGENT_MQTT"]; !set && broker != nil && l.sharesNetwork(broker.Service, o) {
+		env["LABSYNC_AGENT_MQTT"] = "tcp://" + broker.Service + ":" + DefaultAgentMQTTPort
 	}
 	if len(env) > 0 {
 		c.Env = env
@@ -324,6 +385,9 @@ func (l *Lab) compileService(svc *Service) ContainerSpec {
 	for _, mf := range svc.Files {
 		c.Files = append(c.Files, FileSpec{Path: mf.Target, Mode: mf.Mode, Content: mf.File.Data, Digest: mf.File.Digest(), Source: mf.File.Path})
 		c.Sources = append(c.Sources, mf.File.Path)
+	}
+	for _, m := range svc.Data {
+		c.Mounts = append(c.Mounts, MountSpec{Type: "bind", Source: m.HostPath, Target: m.Target, ReadOnly: m.ReadOnly, Create: true})
 	}
 	for _, v := range sc.Volumes {
 		switch v.Type {

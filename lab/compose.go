@@ -21,6 +21,21 @@ import (
 // could be read as something else: "container:x" as a network mode.
 var objectName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$`)
 
+// volumeName is the Docker name of a volume of the compose file that does
+// not name it: the one lab.yaml's adopt maps it to, the compose project's
+// (<project>_<key>) when the lab took a compose project over, else
+// <lab>_<key>.
+func (l *Lab) volumeName(key string) string {
+	a := l.Config.Adopt
+	if name := a.Volumes[key]; name != "" {
+		return name
+	}
+	if a.ComposeProject != "" {
+		return a.ComposeProject + "_" + key
+	}
+	return l.Name + "_" + key
+}
+
 // dockerNetworks are the networks every engine has.
 var dockerNetworks = []string{"host", "bridge", "none"}
 
@@ -54,6 +69,40 @@ type Service struct {
 	// Files are repository files bind-mounted with a relative source; they
 	// are copied into the container instead.
 	Files []MountedFile
+	// Data are relative bind mounts of folders the repository does not
+	// hold: runtime data in host folders of the lab.
+	Data []DataMount
+}
+
+// isRuntimeData reports whether a relative bind mount's source is runtime
+// data rather than repository files: the repository does not hold it, or
+// holds it only as a placeholder folder of hidden files (.gitkeep).
+func (l *Lab) isRuntimeData(rel string) bool {
+	e, err := l.entry(rel)
+	if err != nil {
+		return true
+	}
+	if !e.IsDir() {
+		return false
+	}
+	ents, err := fs.ReadDir(l.fsys, rel)
+	if err != nil {
+		return false
+	}
+	for _, c := range ents {
+		if !strings.HasPrefix(c.Name(), ".") {
+			return false
+		}
+	}
+	return true
+}
+
+// dataDir is the host folder of the lab's runtime data.
+func (l *Lab) dataDir() string {
+	if d := l.Config.DataDir; d != "" {
+		return path.Clean(d)
+	}
+	return path.Join(l.dataRoot, "labs", l.Name)
 }
 
 // MountedFile is a repository file that a service mounts.
@@ -251,7 +300,7 @@ func (l *Lab) loadStack() {
 			}
 		case "volumes":
 			for _, p := range yamlcheck.Pairs(v) {
-				sv := &StackVolume{Key: p.Key, Line: p.KeyN.Line, Name: explicitName(p.Value, l.Name+"_"+p.Key)}
+				sv := &StackVolume{Key: p.Key, Line: p.KeyN.Line, Name: explicitName(p.Value, l.volumeName(p.Key))}
 				if !objectName.MatchString(sv.Name) && validName.MatchString(l.Name) {
 					l.d.errorf(file, p.KeyN.Line, "volume '%s': %q is not a valid volume name; use letters, digits, '.', '_' and '-', starting with a letter or digit", p.Key, sv.Name)
 				}
@@ -302,6 +351,13 @@ func (l *Lab) loadStack() {
 			st.Networks[key] = &StackNetwork{Key: key, Name: l.Name + "_default", Config: nc}
 		}
 	}
+	for _, key := range sortedKeys(l.Config.Adopt.Volumes) {
+		if st.Volumes[key] == nil {
+			l.d.errorf("lab.yaml", lineOf("lab.yaml", "adopt.volumes", l), "'adopt.volumes' maps '%s', which is not a volume of %s", key, file)
+		} else if !objectName.MatchString(l.Config.Adopt.Volumes[key]) {
+			l.d.errorf("lab.yaml", lineOf("lab.yaml", "adopt.volumes", l), "'adopt.volumes.%s' %q is not a valid volume name", key, l.Config.Adopt.Volumes[key])
+		}
+	}
 	for key, vc := range project.Volumes {
 		if sv := st.Volumes[key]; sv != nil {
 			sv.Config = vc
@@ -316,6 +372,13 @@ func (l *Lab) loadStack() {
 	sort.Slice(st.Services, func(i, j int) bool { return st.Services[i].Name < st.Services[j].Name })
 	l.checkDependencies(file, st)
 	l.checkPolicy(file, st)
+	sort.Slice(l.DataMounts, func(i, j int) bool {
+		a, b := l.DataMounts[i], l.DataMounts[j]
+		if a.Service != b.Service {
+			return a.Service < b.Service
+		}
+		return a.Source < b.Source
+	})
 	l.Stack = st
 }
 
@@ -437,6 +500,12 @@ func (l *Lab) checkService(file, dir string, svc *Service, st *Stack) {
 			rel := path.Join(dir, v.Source)
 			if !safePath(rel) {
 				l.d.errorf(file, svc.Line, "service '%s': bind mount source %q leaves the repository; use a path inside it or an absolute host path", svc.Name, v.Source)
+				continue
+			}
+			if l.isRuntimeData(path.Clean(rel)) {
+				m := DataMount{Service: svc.Name, Source: path.Clean(rel), HostPath: path.Join(l.dataDir(), path.Clean(rel)), Target: v.Target, ReadOnly: v.ReadOnly}
+				svc.Data = append(svc.Data, m)
+				l.DataMounts = append(l.DataMounts, m)
 				continue
 			}
 			l.mountRepoPath(file, svc, path.Clean(rel), v.Target)

@@ -20,6 +20,23 @@ type Config struct {
 	Prune           PruneConfig       `yaml:"prune"`
 	MQTT            MQTTConfig        `yaml:"mqtt"`
 	Testflinger     TestflingerConfig `yaml:"testflinger"`
+	// DataDir is the host folder of the lab's runtime data (relative bind
+	// mounts the repository does not hold); default
+	// <labsync data folder>/labs/<lab>.
+	DataDir string `yaml:"data_dir"`
+	// Adopt says what the lab ran as before labsync, to take it over.
+	Adopt AdoptConfig `yaml:"adopt"`
+}
+
+// AdoptConfig names the old stack's objects a takeover reuses.
+type AdoptConfig struct {
+	// ComposeProject is the compose project the stack ran as: its
+	// services' containers are taken over (labsync apply --adopt), and
+	// its volumes keep compose's names (<project>_<volume>) and data.
+	ComposeProject string `yaml:"compose_project"`
+	// Volumes maps a volume of the compose file to the name of an
+	// existing volume to reuse.
+	Volumes map[string]string `yaml:"volumes"`
 }
 
 // AgentsConfig says how an agent container is made from a SUT's files.

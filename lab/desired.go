@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"io/fs"
+	"net"
 	"sort"
 	"time"
 )
@@ -44,11 +45,39 @@ type Desired struct {
 	TestflingerServer string
 	// MQTTPrefix is the lab's MQTT topic prefix (default labsync/<lab>).
 	MQTTPrefix string
+	// Broker is the stack's own MQTT broker, if it has one: labsync and
+	// the agents report to it by default.
+	Broker *StackBroker
 	// Agents holds what the submit bridge needs of each enabled agent.
 	Agents map[string]AgentInfo
+	// ComposeProject is the compose project the lab ran as before, whose
+	// containers a takeover replaces.
+	ComposeProject string
 	// Held maps each held SUT to the errors that hold it: it has no
 	// container spec, and whatever container it has is left alone.
 	Held map[string]Diagnostics
+}
+
+// StackBroker is a stack service that is an MQTT broker: its image is a
+// Mosquitto, or it serves container port 1883.
+type StackBroker struct {
+	Service string
+	// HostIP and HostPort are where it publishes port 1883 on the host;
+	// HostPort is empty when it does not.
+	HostIP, HostPort string
+}
+
+// URL is how labsync reaches the broker from the host: its published
+// port; empty when it publishes none.
+func (b *StackBroker) URL() string {
+	if b == nil || b.HostPort == "" {
+		return ""
+	}
+	host := b.HostIP
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	return "tcp://" + net.JoinHostPort(host, b.HostPort)
 }
 
 // AgentInfo is an agent's job template, queues and Testflinger server.
@@ -199,6 +228,8 @@ type MountSpec struct {
 	Source   string `json:"source,omitempty"`
 	Target   string `json:"target"`
 	ReadOnly bool   `json:"read_only,omitempty"`
+	// Create makes a missing bind source (a runtime-data folder).
+	Create bool `json:"create,omitempty"`
 }
 
 // NetworkAttachSpec connects the container to a network.

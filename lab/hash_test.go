@@ -162,14 +162,15 @@ func TestFieldDigestsNameTheChangedKey(t *testing.T) {
 // labsync recreates nothing.
 func TestLegacyHashMatchesSchema1(t *testing.T) {
 	want := map[string]string{
-		"mosquitto": "defefd94c94a3b9e3c9bbdb8d3d29bfff47c2574baa0a085d7efb120a57eed1c",
-		"redis":     "9ac150a5b32175df546489e284a9cd130782425038ba7a3b49688b3cea539304",
-		"alpha":     "83715f98367cc305ce68760569e6f70d4384098d78739a49b560647cb2a0c356",
-		"beta":      "ebaded02c3a8cc9daffa5bb5f6dd32fdde580f5a1fc53a364daab4436fbee9e5",
+		"redis": "9ac150a5b32175df546489e284a9cd130782425038ba7a3b49688b3cea539304",
+		"alpha": "83715f98367cc305ce68760569e6f70d4384098d78739a49b560647cb2a0c356",
+		"beta":  "ebaded02c3a8cc9daffa5bb5f6dd32fdde580f5a1fc53a364daab4436fbee9e5",
 	}
 	// The agents' defaults changed since (labsync-agent moved to
 	// /opt/labsync): the lab sets the defaults of then.
+	// and no broker in the stack (agents now report to it by default).
 	fsys := baseLab()
+	fsys["docker-compose.yaml"] = &fstest.MapFile{Data: []byte("services:\n  redis:\n    image: redis:7\n    volumes:\n      - redis-data:/data\nvolumes:\n  redis-data: {}\n")}
 	fsys["lab.yaml"] = &fstest.MapFile{Data: []byte("agents:\n  command: [labsync-agent, run, --sut, \"{name}\", --, testflinger-agent, -c, \"{conf}\"]\n" +
 		"  healthcheck: {test: [CMD, labsync-agent, healthcheck], interval: 10s, timeout: 5s, start_period: 30s, retries: 3}\n")}
 	l, err := lab.Load(fsys, lab.LoadOptions{DefaultName: "lab1"})

@@ -51,6 +51,25 @@ type LoadOptions struct {
 	// Policy is the host policy the lab must keep to; nil means
 	// DefaultPolicy.
 	Policy *Policy
+	// DataRoot is labsync's data folder on the Docker host; a lab's
+	// runtime data goes below <DataRoot>/labs/<lab>. Default
+	// DefaultDataRoot.
+	DataRoot string
+}
+
+// DefaultDataRoot is labsync's data folder when none is given.
+const DefaultDataRoot = "/var/lib/labsync"
+
+// DataMount is a relative bind mount of a folder the repository does not
+// hold: runtime data (logs, backups) in a host folder of the lab, created
+// when missing and never deleted by labsync.
+type DataMount struct {
+	Service string
+	// Source is the mount's source, relative to the repository root.
+	Source   string
+	HostPath string
+	Target   string
+	ReadOnly bool
 }
 
 // Lab is a loaded, validated lab repository.
@@ -62,6 +81,8 @@ type Lab struct {
 	Stack *Stack
 	// AgentImage is the agent image: a name, or a build inside the repo.
 	AgentImage ImageSource
+	// DataMounts are the stack's runtime-data folders, sorted.
+	DataMounts []DataMount
 	// Held maps each SUT held by errors in its own files, or by a
 	// conflict with another SUT, to those errors. A held SUT is neither
 	// created, changed nor removed; the rest of the lab is applied.
@@ -70,14 +91,15 @@ type Lab struct {
 	Digest      string
 	Diagnostics Diagnostics
 
-	ctx     context.Context
-	policy  Policy
-	fsys    fs.FS
-	maxSize int64
-	files   map[string][]byte
-	dirs    map[string][]fs.DirEntry
-	d       diags
-	budget  budget
+	ctx      context.Context
+	policy   Policy
+	dataRoot string
+	fsys     fs.FS
+	maxSize  int64
+	files    map[string][]byte
+	dirs     map[string][]fs.DirEntry
+	d        diags
+	budget   budget
 	// lines indexes the keys of files for line lookups; listings and
 	// builds cache what several services share.
 	lines    map[string]map[string]int
@@ -155,6 +177,10 @@ func LoadContext(ctx context.Context, fsys fs.FS, opts LoadOptions) (*Lab, error
 	l.policy = DefaultPolicy()
 	if opts.Policy != nil {
 		l.policy = *opts.Policy
+	}
+	l.dataRoot = opts.DataRoot
+	if l.dataRoot == "" {
+		l.dataRoot = DefaultDataRoot
 	}
 	if l.budget.maxFiles <= 0 {
 		l.budget.maxFiles = MaxFiles
@@ -297,6 +323,17 @@ func (l *Lab) checkConfig(file string, root *yaml.Node) {
 	c := &l.Config
 	if c.Agents.Dir != "" && !safePath(c.Agents.Dir) {
 		l.d.errorf(file, lineOf(file, "agents.dir", l), "'agents.dir' %q must be a relative path inside the repository", c.Agents.Dir)
+	}
+	if p := c.Adopt.ComposeProject; p != "" && !objectName.MatchString(p) {
+		l.d.errorf(file, lineOf(file, "adopt.compose_project", l), "'adopt.compose_project' %q is not a compose project name; give it as docker volume ls shows its volumes' prefix", p)
+	}
+	if d := c.DataDir; d != "" {
+		switch {
+		case !path.IsAbs(d):
+			l.d.errorf(file, lineOf(file, "data_dir", l), "'data_dir' %q must be an absolute folder on the Docker host", d)
+		case !underPrefix(d, l.policy.BindPaths):
+			l.d.errorf(file, lineOf(file, "data_dir", l), "'data_dir' %s is a host folder the host policy does not allow; an operator allows it with --allow-bind-paths %s, or leave data_dir out (runtime data then goes under labsync's data folder)", d, d)
+		}
 	}
 	if c.Stack != "" && !safePath(c.Stack) {
 		l.d.errorf(file, lineOf(file, "stack", l), "'stack' %q must be a relative path inside the repository", c.Stack)

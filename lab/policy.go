@@ -52,6 +52,14 @@ func DefaultPolicy() Policy {
 	return Policy{NetworkDrivers: []string{"bridge"}, Ports: DefaultPorts}
 }
 
+// DefaultDaemonPort is labsync serve's default HTTP port, chosen clear of
+// the ports a lab's stack publishes (1883, 8000, 8080, 9443, 50000, ...).
+const DefaultDaemonPort = 9631
+
+// LabelSocketKnown on a compose service says that it mounts the Docker
+// socket knowingly and creates no containers that race labsync.
+const LabelSocketKnown = "io.labsync.docker-socket-known"
+
 // DefaultPorts are the host ports a lab may publish by default: none that
 // needs root to bind.
 const DefaultPorts = "1024-65535"
@@ -132,6 +140,9 @@ func (l *Lab) checkPolicy(file string, st *Stack) {
 			}
 			src := path.Clean(v.Source)
 			socket := slices.ContainsFunc(dockerSockets, func(sock string) bool { return underPrefix(sock, []string{src}) })
+			if socket && sc.Labels[LabelSocketKnown] != "true" {
+				l.d.warnf(file, at(svc, "volumes"), "service '%s' mounts the Docker socket: if it creates containers (the old stack's master made one agent per SUT), it races labsync for the same devices; remove it, or label it %s: \"true\" to say it does not", svc.Name, LabelSocketKnown)
+			}
 			if socket && !socketAllowed(pol.DockerSocket, svc) {
 				l.d.errorf(file, at(svc, "volumes"), "service '%s' mounts %s, which is or holds the Docker socket; the host policy allows the socket only for %s; an operator allows it with --allow-docker-socket %s (the Docker socket is root on the host)", svc.Name, src, orNone(pol.DockerSocket), strings.Join(append(slices.Clone(pol.DockerSocket), svc.Name+"="+imageRepository(svc.Config.Image)), ","))
 			}
@@ -143,6 +154,11 @@ func (l *Lab) checkPolicy(file string, st *Stack) {
 		for _, p := range sc.Ports {
 			if p.Published != "" && !portsAllowed(p.Published, ports) {
 				refused = append(refused, p.Published)
+			}
+		}
+		for _, p := range sc.Ports {
+			if portsAllowed(p.Published, [][2]int{{DefaultDaemonPort, DefaultDaemonPort}}) {
+				l.d.warnf(file, at(svc, "ports"), "service '%s' publishes host port %d, labsync serve's default --listen port: start labsync serve with another --listen", svc.Name, DefaultDaemonPort)
 			}
 		}
 		if len(refused) > 0 {

@@ -19,6 +19,7 @@ type Engine interface {
 	CreateNetwork(ctx context.Context, labName string, n lab.NetworkSpec) error
 	RemoveNetwork(ctx context.Context, id string) error
 	CreateVolume(ctx context.Context, labName string, v lab.VolumeSpec) error
+	AdoptVolume(ctx context.Context, name string) error
 	BuildImage(ctx context.Context, labName string, img lab.ImageSpec) error
 	CreateContainer(ctx context.Context, spec *lab.ContainerSpec, opts runtime.CreateOptions) (string, error)
 	StartContainer(ctx context.Context, id string) error
@@ -306,7 +307,7 @@ func (a *applier) skipReason(act *Action) string {
 
 func (a *applier) do(ctx context.Context, act *Action) (Status, error) {
 	// Changes that end a running agent wait for its job.
-	if act.Kind == Recreate || act.Kind == Remove || act.Kind == Stop {
+	if act.Kind == Recreate || act.Kind == Adopt || act.Kind == Remove || act.Kind == Stop {
 		if deferred, why := a.busy(ctx, act); deferred {
 			if act.Kind == Stop {
 				// The orphan keeps its device until the job ends; the
@@ -323,6 +324,8 @@ func (a *applier) do(ctx context.Context, act *Action) (Status, error) {
 		return done(a.eng.CreateNetwork(ctx, a.plan.Lab, *act.Network))
 	case CreateVolume:
 		return done(a.eng.CreateVolume(ctx, a.plan.Lab, *act.Volume))
+	case AdoptVolume:
+		return done(a.eng.AdoptVolume(ctx, act.Target))
 	case BuildImage:
 		err := a.eng.BuildImage(ctx, a.plan.Lab, *act.Image)
 		if err == nil {
@@ -337,7 +340,8 @@ func (a *applier) do(ctx context.Context, act *Action) (Status, error) {
 		return a.create(ctx, act)
 	case Start:
 		return a.start(ctx, act)
-	case Recreate:
+	case Recreate, Adopt:
+		// A takeover is a recreate of a container labsync did not make.
 		return a.recreate(ctx, act)
 	case Restore:
 		return a.restore(ctx, act)

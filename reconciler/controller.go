@@ -31,6 +31,7 @@ type Docker interface {
 	Observe(ctx context.Context, labName string) (*runtime.Observed, error)
 	Ping(ctx context.Context) error
 	RestartContainer(ctx context.Context, id string, timeout time.Duration) error
+	Foreign(ctx context.Context, o runtime.ForeignOptions) (*runtime.Foreign, error)
 	FailingStreak(ctx context.Context, id string) (int, error)
 }
 
@@ -55,8 +56,12 @@ type ControllerOptions struct {
 	MinBackoff, MaxBackoff time.Duration
 	// ForcePrune lets passes remove orphans past the prune guard.
 	ForcePrune bool
-	Apply      ApplyOptions
-	Logger     *slog.Logger
+	// Adopt takes over, until a pass has applied cleanly, the containers
+	// and volumes labsync did not make that stand in its way (the old
+	// stack's): see PlanOptions.Adopt.
+	Adopt  bool
+	Apply  ApplyOptions
+	Logger *slog.Logger
 	// History is the number of runs kept for status (default 50).
 	History int
 	// OnRun is called after every pass with its record.
@@ -170,6 +175,15 @@ type Controller struct {
 	nextID     int64
 	status     LabStatus
 	failures   int
+	// adopted is set once a pass applied cleanly: --adopt is done.
+	adopted bool
+}
+
+// adopting reports whether passes still take over what stands in the way.
+func (c *Controller) adopting() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.opts.Adopt && !c.adopted
 }
 
 // NewController makes a controller; Run starts it.
@@ -486,11 +500,14 @@ func (c *Controller) stepConverge(ctx context.Context, run *Run, cleanSlate bool
 	if err != nil {
 		return err
 	}
-	opts := PlanOptions{ForcePrune: c.opts.ForcePrune}
+	opts := PlanOptions{ForcePrune: c.opts.ForcePrune, Adopt: c.adopting()}
 	if cleanSlate {
 		opts.Recreate = c.idleAgents(ctx, desired)
 	}
-	plan := Plan(desired, obs, opts)
+	plan, err := PlanHost(ctx, desired, obs, opts, c.opts.Docker.Foreign)
+	if err != nil {
+		return err
+	}
 	run.Plan = plan
 	if run.Result == "" {
 		run.Result = ResultOK
@@ -520,7 +537,14 @@ func (c *Controller) stepConverge(ctx context.Context, run *Run, cleanSlate bool
 			return err
 		}
 		// What still differs after the apply: the drift status shows.
-		plan = Plan(desired, obs, PlanOptions{ForcePrune: c.opts.ForcePrune})
+		if plan, err = PlanHost(ctx, desired, obs, PlanOptions{ForcePrune: c.opts.ForcePrune}, c.opts.Docker.Foreign); err != nil {
+			return err
+		}
+	}
+	if run.Result == ResultOK && !run.actionsFailed {
+		c.mu.Lock()
+		c.adopted = true
+		c.mu.Unlock()
 	}
 	c.setObserved(ctx, obs)
 	c.mu.Lock()

@@ -5,8 +5,10 @@
 package reconciler
 
 import (
+	"context"
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 
 	"github.com/labsync/labsync/lab"
@@ -24,6 +26,8 @@ const (
 	Create        ActionKind = "create"
 	Recreate      ActionKind = "recreate"
 	Finish        ActionKind = "finish-recreate"
+	Adopt         ActionKind = "adopt"
+	AdoptVolume   ActionKind = "adopt-volume"
 	Restore       ActionKind = "restore"
 	Stop          ActionKind = "stop"
 	Start         ActionKind = "start"
@@ -77,8 +81,23 @@ type Changeset struct {
 	// Held are the agents left as they are until their files are fixed:
 	// neither created, changed nor removed.
 	Held []HeldAgent `json:"held,omitempty"`
+	// Blocked are the objects labsync cannot create because something it
+	// did not make has their name (or is their compose service): taken
+	// over only with --adopt.
+	Blocked []Blocked `json:"blocked,omitempty"`
 
-	desired *lab.Desired
+	desired        *lab.Desired
+	blockedVolumes map[string]bool
+}
+
+// Blocked is an object that a container or volume labsync did not make
+// stands in the way of.
+type Blocked struct {
+	Kind   string `json:"kind"`
+	Object string `json:"object"`
+	// By is the container or volume in the way.
+	By     string `json:"by"`
+	Reason string `json:"reason"`
 }
 
 // HeldAgent is an agent a plan leaves alone, and why.
@@ -109,6 +128,13 @@ type PlanOptions struct {
 	// Recreate maps agents to recreate although they are in sync (a
 	// clean slate) to the reason.
 	Recreate map[string]string
+	// Foreign is what labsync did not make but would collide with (see
+	// ForeignQuery); nil when not looked at.
+	Foreign *runtime.Foreign
+	// Adopt takes over what Foreign holds: containers are replaced
+	// stop-first (kept aside until the new one runs), volumes reused with
+	// their data. Without it they block the objects they are in the way of.
+	Adopt bool
 }
 
 type objKey struct {
@@ -146,10 +172,29 @@ func Plan(desired *lab.Desired, observed *runtime.Observed, opts PlanOptions) *C
 	for _, v := range observed.Volumes {
 		obsVols[v.Name] = true
 	}
+	// A volume labsync did not make, taken over earlier: its containers
+	// of this lab mount it.
+	for _, c := range observed.Containers {
+		for _, v := range c.Volumes {
+			obsVols[v] = true
+		}
+	}
+	p.blockedVolumes = map[string]bool{}
 	for i := range desired.Volumes {
 		v := &desired.Volumes[i]
 		if obsVols[v.Name] {
 			p.Unchanged = append(p.Unchanged, "volume/"+v.Name)
+			continue
+		}
+		if opts.Foreign != nil && slices.Contains(opts.Foreign.Volumes, v.Name) {
+			if opts.Adopt {
+				p.add(Action{Kind: AdoptVolume, ObjectKind: KindVolume, Object: v.Key, Target: v.Name, Volume: v,
+					Reasons: []string{fmt.Sprintf("volume %s exists and was not made by labsync: reused with its data, never emptied", v.Name)}})
+				continue
+			}
+			p.blockedVolumes[v.Name] = true
+			p.Blocked = append(p.Blocked, Blocked{Kind: KindVolume, Object: v.Key, By: v.Name,
+				Reason: fmt.Sprintf("volume %s exists and was not made by labsync; apply with --adopt to reuse it with its data", v.Name)})
 			continue
 		}
 		p.add(Action{Kind: CreateVolume, ObjectKind: KindVolume, Object: v.Key, Target: v.Name, Volume: v, Reasons: []string{"declared, not on this host"}})
@@ -175,7 +220,7 @@ func Plan(desired *lab.Desired, observed *runtime.Observed, opts PlanOptions) *C
 			p.hold(spec.Name, byObject[k], fmt.Sprintf("device %s is driven by the container of %s, which is held; this agent waits until %s is fixed or gone", spec.Device, owner, owner))
 			continue
 		}
-		p.planContainer(spec, byObject[k], observed.Images, opts.Recreate)
+		p.planContainer(spec, byObject[k], observed.Images, opts)
 	}
 	sort.Slice(p.Held, func(i, j int) bool { return p.Held[i].Name < p.Held[j].Name })
 
@@ -225,7 +270,8 @@ func (p *Changeset) hold(name string, found []runtime.ObservedContainer, reasons
 	p.Held = append(p.Held, h)
 }
 
-func (p *Changeset) planContainer(spec *lab.ContainerSpec, found []runtime.ObservedContainer, images map[string]string, force map[string]string) {
+func (p *Changeset) planContainer(spec *lab.ContainerSpec, found []runtime.ObservedContainer, images map[string]string, opts PlanOptions) {
+	force := opts.Recreate
 	var primary, aside *runtime.ObservedContainer
 	var others []runtime.ObservedContainer
 	for i := range found {
@@ -305,11 +351,112 @@ func (p *Changeset) planContainer(spec *lab.ContainerSpec, found []runtime.Obser
 		}
 		p.add(a)
 	default:
+		if p.inTheWay(spec, base, opts) {
+			return
+		}
 		a := base
 		a.Kind = Create
 		a.Reasons = []string{"declared in " + sourceList(spec) + ", no container yet"}
 		p.add(a)
 	}
+}
+
+// inTheWay plans what stands in the way of creating spec, when anything
+// does: a container labsync did not make with its name (the old stack's
+// agents) or of its compose service (the old stack's services), or a
+// volume it mounts that labsync did not make. With Adopt the container is
+// taken over stop-first; without, the object is blocked and the plan says
+// how to take it over.
+func (p *Changeset) inTheWay(spec *lab.ContainerSpec, base Action, opts PlanOptions) bool {
+	for _, m := range spec.Mounts {
+		if m.Type == "volume" && p.blockedVolumes[m.Source] {
+			p.Blocked = append(p.Blocked, Blocked{Kind: string(spec.Kind), Object: spec.Name, By: m.Source,
+				Reason: fmt.Sprintf("mounts volume %s, which labsync did not make; apply with --adopt to reuse it", m.Source)})
+			return true
+		}
+	}
+	if opts.Foreign == nil {
+		return false
+	}
+	var theirs []runtime.ObservedContainer
+	for _, c := range opts.Foreign.Containers {
+		byName := c.Name == spec.ContainerName || c.Name == spec.ContainerName+runtime.AsideSuffix
+		byService := spec.Kind == lab.KindService && p.desired.ComposeProject != "" &&
+			c.ComposeProject == p.desired.ComposeProject && c.ComposeService == spec.Name
+		if byName || byService {
+			theirs = append(theirs, c)
+		}
+	}
+	if len(theirs) == 0 {
+		return false
+	}
+	// The one to replace: the one with the name, else a running one.
+	sort.SliceStable(theirs, func(i, j int) bool {
+		a, b := theirs[i], theirs[j]
+		if (a.Name == spec.ContainerName) != (b.Name == spec.ContainerName) {
+			return a.Name == spec.ContainerName
+		}
+		return a.State == "running" && b.State != "running"
+	})
+	old := theirs[0]
+	what := fmt.Sprintf("container %s (image %s, %s", old.Name, old.Image, old.State)
+	if old.ComposeProject != "" {
+		what += ", compose project " + old.ComposeProject
+	}
+	what += ") was not made by labsync"
+	if !opts.Adopt {
+		p.Blocked = append(p.Blocked, Blocked{Kind: string(spec.Kind), Object: spec.Name, By: old.Name,
+			Reason: what + "; apply with --adopt (or labsync serve --adopt) to take it over: it is stopped and set aside, then removed once the new one runs"})
+		return true
+	}
+	a := base
+	a.Kind = Adopt
+	a.Old = &old
+	a.Leftovers = theirs[1:]
+	a.Reasons = []string{what + ": taken over stop-first, set aside until the new container runs, then removed"}
+	p.add(a)
+	return true
+}
+
+// ForeignLister lists what labsync did not make: runtime.Client.Foreign.
+type ForeignLister func(ctx context.Context, o runtime.ForeignOptions) (*runtime.Foreign, error)
+
+// PlanHost plans as Plan does and, when the plan creates something, looks
+// for what labsync did not make in the way of it (one to three list calls)
+// and plans again with it. A plan that creates nothing costs no call.
+func PlanHost(ctx context.Context, desired *lab.Desired, observed *runtime.Observed, opts PlanOptions, foreign ForeignLister) (*Changeset, error) {
+	p := Plan(desired, observed, opts)
+	q := p.ForeignQuery()
+	if q.Empty() || foreign == nil {
+		return p, nil
+	}
+	f, err := foreign(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	opts.Foreign = f
+	return Plan(desired, observed, opts), nil
+}
+
+// ForeignQuery says what to look for before a plan creates something: the
+// names it creates containers and volumes under, and the compose project
+// the lab ran as. It is empty for a plan that creates nothing.
+func (p *Changeset) ForeignQuery() runtime.ForeignOptions {
+	var o runtime.ForeignOptions
+	services := false
+	for _, a := range p.Actions {
+		switch a.Kind {
+		case Create:
+			o.Names = append(o.Names, a.Target)
+			services = services || a.ObjectKind == string(lab.KindService)
+		case CreateVolume:
+			o.Volumes = append(o.Volumes, a.Target)
+		}
+	}
+	if services && p.desired != nil {
+		o.ComposeProject = p.desired.ComposeProject
+	}
+	return o
 }
 
 func leftoverReasons(l []runtime.ObservedContainer) []string {
@@ -452,7 +599,7 @@ func phase(a Action) int {
 	switch a.Kind {
 	case CreateNetwork:
 		return phaseNetworks
-	case CreateVolume:
+	case CreateVolume, AdoptVolume:
 		return phaseVolumes
 	case BuildImage:
 		return phaseImages

@@ -42,6 +42,12 @@ func (p *Changeset) WriteTable(w io.Writer) error {
 			}
 		}
 	}
+	if len(p.Blocked) > 0 {
+		fmt.Fprintf(&b, "\nBlocked (%d): not made by labsync, in the way; --adopt takes them over:\n", len(p.Blocked))
+		for _, bl := range p.Blocked {
+			fmt.Fprintf(&b, "  %s %s: %s\n", bl.Kind, bl.Object, bl.Reason)
+		}
+	}
 	if len(p.Warnings) > 0 {
 		b.WriteString("\nWarnings:\n")
 		for _, w := range p.Warnings {
@@ -56,11 +62,18 @@ func (p *Changeset) WriteTable(w io.Writer) error {
 // Summary is a one-line count of the plan's actions.
 func (p *Changeset) Summary() string {
 	c := p.Counts()
-	other := len(p.Actions) - c[Create] - c[Recreate] - c[Start] - c[Remove]
-	s := fmt.Sprintf("Plan: %d to create, %d to recreate, %d to start, %d to remove, %d other; %d unchanged.",
-		c[Create], c[Recreate], c[Start], c[Remove], other, len(p.Unchanged))
+	other := len(p.Actions) - c[Create] - c[Recreate] - c[Start] - c[Remove] - c[Adopt]
+	adopt := ""
+	if c[Adopt] > 0 {
+		adopt = fmt.Sprintf(", %d to take over", c[Adopt])
+	}
+	s := fmt.Sprintf("Plan: %d to create, %d to recreate%s, %d to start, %d to remove, %d other; %d unchanged.",
+		c[Create], c[Recreate], adopt, c[Start], c[Remove], other, len(p.Unchanged))
 	if len(p.Held) > 0 {
 		s = strings.TrimSuffix(s, ".") + fmt.Sprintf("; %d held.", len(p.Held))
+	}
+	if len(p.Blocked) > 0 {
+		s = strings.TrimSuffix(s, ".") + fmt.Sprintf("; %d blocked.", len(p.Blocked))
 	}
 	return s
 }

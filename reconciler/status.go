@@ -94,6 +94,12 @@ func (s LabStatus) Objects() []ObjectStatus {
 		}
 	}
 	if s.Plan != nil {
+		for _, bl := range s.Plan.Blocked {
+			if bl.Kind == string(lab.KindAgent) || bl.Kind == string(lab.KindService) {
+				o := get(bl.Kind, bl.Object)
+				o.Drift, o.Reason = DriftBlocked, bl.Reason
+			}
+		}
 		for _, h := range s.Plan.Held {
 			o := get(string(lab.KindAgent), h.Name)
 			if h.Container != "" && o.Container == "" {
@@ -157,8 +163,13 @@ type Summary struct {
 	Held int `json:"held"`
 }
 
-// DriftHeld is the drift of an agent held by errors in its files.
-const DriftHeld = "held"
+// DriftHeld is the drift of an agent held by errors in its files;
+// DriftBlocked of an object something labsync did not make is in the way
+// of (taken over with --adopt).
+const (
+	DriftHeld    = "held"
+	DriftBlocked = "blocked"
+)
 
 // Summary counts the lab's objects and says how the last pass went.
 func (s LabStatus) Summary() Summary {

@@ -174,6 +174,17 @@ func (c *Client) containerConfig(spec *lab.ContainerSpec, opts CreateOptions) (*
 		host.Resources.Devices = append(host.Resources.Devices, container.DeviceMapping{PathOnHost: d.Host, PathInContainer: d.Container, CgroupPermissions: perms})
 	}
 	for _, m := range spec.Mounts {
+		if m.Create {
+			// A runtime-data folder: the engine makes a missing bind
+			// source of the old -v form on its own host (the mount API
+			// refuses it), wherever labsync runs.
+			bind := m.Source + ":" + m.Target
+			if m.ReadOnly {
+				bind += ":ro"
+			}
+			host.Binds = append(host.Binds, bind)
+			continue
+		}
 		host.Mounts = append(host.Mounts, mount.Mount{Type: mount.Type(m.Type), Source: m.Source, Target: m.Target, ReadOnly: m.ReadOnly})
 	}
 	if bin := agentBinaryFor(spec, opts.AgentBinary); bin != nil {

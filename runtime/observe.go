@@ -48,6 +48,12 @@ type ObservedContainer struct {
 	Aside bool
 	// Device is the device address an agent drives.
 	Device string
+	// Volumes are the named volumes the container mounts.
+	Volumes []string
+	// ComposeProject and ComposeService are Compose's labels, on a
+	// container labsync did not make (see Foreign).
+	ComposeProject string
+	ComposeService string
 }
 
 // ObservedNetwork is one managed network.
@@ -138,6 +144,11 @@ func observedContainer(s container.Summary) ObservedContainer {
 		ImageID:  s.ImageID,
 		Aside:    strings.HasSuffix(name, AsideSuffix),
 		Device:   s.Labels[LabelDevice],
+	}
+	for _, m := range s.Mounts {
+		if m.Type == "volume" && m.Name != "" {
+			oc.Volumes = append(oc.Volumes, m.Name)
+		}
 	}
 	if f := s.Labels[LabelFields]; f != "" {
 		_ = json.Unmarshal([]byte(f), &oc.Fields) // an unreadable label only loses detail in reasons

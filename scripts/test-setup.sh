@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure what the tests need is here: git, a running Docker engine,
-# Chromium (the status page is tested in it) and Mosquitto (the tests start
-# their own brokers on loopback). Installs and starts only what is missing.
+# Chromium (the status page is tested in it), Mosquitto (the tests start
+# their own brokers on loopback) and docker-compose (the old stack a
+# takeover is tested on). Installs and starts only what is missing.
 set -euo pipefail
 
 need_apt=()
@@ -10,6 +11,7 @@ command -v curl >/dev/null || need_apt+=(curl)
 command -v docker >/dev/null || need_apt+=(docker.io)
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
+command -v docker-compose >/dev/null || need_apt+=(docker-compose)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "test-setup: installing ${need_apt[*]}"
   apt-get update -qq

@@ -27,6 +27,7 @@ type common struct {
 	dockerHost string
 	logLevel   string
 	secretsDir string
+	dataDir    string
 	policy     policyFlags
 }
 
@@ -34,6 +35,7 @@ func (c *common) register(fs *flag.FlagSet, docker bool) {
 	fs.StringVar(&c.name, "name", "", "lab name when lab.yaml sets none (default: the folder's or repository's name)")
 	c.git.register(fs)
 	c.policy.register(fs)
+	fs.StringVar(&c.dataDir, "data-dir", envOr("LABSYNC_DATA_DIR", lab.DefaultDataRoot), "labsync's data folder on the Docker host: the daemon's git cache and state, and each lab's runtime data under labs/<lab> (env: LABSYNC_DATA_DIR)")
 	if docker {
 		fs.StringVar(&c.dockerHost, "docker-host", "", "Docker engine address (default: $DOCKER_HOST or the local socket)")
 		fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
@@ -117,7 +119,7 @@ func loadLab(ctx context.Context, dir string, c *common, stderr io.Writer) (*lab
 	if err != nil {
 		return nil, "", err
 	}
-	l, err := lab.LoadContext(ctx, fsys, lab.LoadOptions{DefaultName: name, Policy: policy})
+	l, err := lab.LoadContext(ctx, fsys, lab.LoadOptions{DefaultName: name, Policy: policy, DataRoot: c.dataDir})
 	if ctx.Err() != nil {
 		return nil, "", ctx.Err()
 	}
@@ -152,6 +154,7 @@ func runValidate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		// Only SUTs are held: the rest would be applied, but the
 		// repository still has errors.
 		fmt.Fprintf(stderr, "%s: %d error(s), %d warning(s); %d SUT(s) held, the rest would be applied: %s\n", dir, errs, warns, len(l.Held), strings.Join(l.HeldNames(), ", "))
+		writeDataMounts(stdout, l)
 		return exitError{1}
 	}
 	agents, services := 0, 0
@@ -164,7 +167,15 @@ func runValidate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		services = len(l.Stack.Services)
 	}
 	fmt.Fprintf(stdout, "%s: lab %q is valid: %d agent(s), %d service(s), %d warning(s)\n", dir, l.Name, agents, services, warns)
+	writeDataMounts(stdout, l)
 	return nil
+}
+
+// writeDataMounts says where each runtime-data mount lives on the host.
+func writeDataMounts(w io.Writer, l *lab.Lab) {
+	for _, m := range l.DataMounts {
+		fmt.Fprintf(w, "  runtime data: service '%s' mounts ./%s at %s: host folder %s (made when missing, never deleted)\n", m.Service, m.Source, m.Target, m.HostPath)
+	}
 }
 
 func newLogger(level string, w io.Writer) (*slog.Logger, error) {
@@ -177,7 +188,7 @@ func newLogger(level string, w io.Writer) (*slog.Logger, error) {
 
 // planHost loads and compiles the lab, connects to Docker, observes and
 // plans. done closes the Docker client and logs the API calls made.
-func planHost(ctx context.Context, dir string, c *common, forcePrune bool, stderr io.Writer) (p *reconciler.Changeset, rt *runtime.Client, done func(), err error) {
+func planHost(ctx context.Context, dir string, c *common, opts reconciler.PlanOptions, stderr io.Writer) (p *reconciler.Changeset, rt *runtime.Client, done func(), err error) {
 	l, revision, err := loadLab(ctx, dir, c, stderr)
 	if err != nil {
 		return nil, nil, nil, err
@@ -203,7 +214,12 @@ func planHost(ctx context.Context, dir string, c *common, forcePrune bool, stder
 		done()
 		return nil, nil, nil, fmt.Errorf("observe the Docker host: %w", err)
 	}
-	return reconciler.Plan(desired, observed, reconciler.PlanOptions{ForcePrune: forcePrune}), rt, done, nil
+	p, err = reconciler.PlanHost(octx, desired, observed, opts, rt.Foreign)
+	if err != nil {
+		done()
+		return nil, nil, nil, fmt.Errorf("look for containers labsync did not make: %w", err)
+	}
+	return p, rt, done, nil
 }
 
 func runPlan(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -213,11 +229,13 @@ func runPlan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	c.register(fs, true)
 	fs.BoolVar(&asJSON, "json", false, "print the plan as JSON")
 	fs.BoolVar(&forcePrune, "force-prune", false, "plan removals even when the mass-removal guard trips")
+	var adopt bool
+	fs.BoolVar(&adopt, "adopt", false, adoptUsage)
 	dir, err := parse(fs, args)
 	if err != nil {
 		return err
 	}
-	p, _, done, err := planHost(ctx, dir, &c, forcePrune, stderr)
+	p, _, done, err := planHost(ctx, dir, &c, reconciler.PlanOptions{ForcePrune: forcePrune, Adopt: adopt}, stderr)
 	if err != nil {
 		return err
 	}
@@ -234,16 +252,25 @@ func runPlan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	return heldExit(p, stderr)
 }
 
-// heldExit says which SUTs are held and returns exit status 1 when any is.
+// adoptUsage documents --adopt of plan, apply and serve.
+const adoptUsage = "take over what labsync did not make and stands in its way: containers with the names it uses or of the compose project in lab.yaml's adopt (replaced stop-first, kept aside until the new one runs), volumes it declares (reused with their data)"
+
+// heldExit says which SUTs are held and which objects are blocked, and
+// returns exit status 1 when any is.
 func heldExit(p *reconciler.Changeset, stderr io.Writer) error {
-	if len(p.Held) == 0 {
+	if len(p.Held) == 0 && len(p.Blocked) == 0 {
 		return nil
 	}
-	names := make([]string, len(p.Held))
-	for i, h := range p.Held {
-		names[i] = h.Name
+	if len(p.Held) > 0 {
+		names := make([]string, len(p.Held))
+		for i, h := range p.Held {
+			names[i] = h.Name
+		}
+		fmt.Fprintf(stderr, "labsync: %d SUT(s) held until their files are fixed: %s\n", len(names), strings.Join(names, ", "))
 	}
-	fmt.Fprintf(stderr, "labsync: %d SUT(s) held until their files are fixed: %s\n", len(names), strings.Join(names, ", "))
+	if len(p.Blocked) > 0 {
+		fmt.Fprintf(stderr, "labsync: %d object(s) blocked by containers or volumes labsync did not make; --adopt takes them over\n", len(p.Blocked))
+	}
 	return exitError{1}
 }
 
@@ -261,6 +288,8 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.BoolVar(&ignoreBusy, "ignore-busy", false, "recreate or remove agents even while they run a job (otherwise such changes are deferred)")
 	var agentBinFlag string
 	fs.StringVar(&agentBinFlag, "agent-binary", os.Getenv("LABSYNC_AGENT_BINARY"), agentBinaryUsage+" (env: LABSYNC_AGENT_BINARY)")
+	var adopt bool
+	fs.BoolVar(&adopt, "adopt", false, adoptUsage)
 	dir, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -269,7 +298,7 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return fmt.Errorf("--agent-binary: %w", err)
 	}
-	p, rt, done, err := planHost(ctx, dir, &c, forcePrune, stderr)
+	p, rt, done, err := planHost(ctx, dir, &c, reconciler.PlanOptions{ForcePrune: forcePrune, Adopt: adopt}, stderr)
 	if err != nil {
 		return err
 	}

@@ -51,7 +51,7 @@ func (g *githubFlags) planLimits() (sandbox.Limits, error) {
 
 // start makes the pull-request pipeline, or returns nil when no token is
 // given.
-func (g *githubFlags) start(ctx context.Context, git *gitFlags, labName, dataDir, dockerHost string, policy *lab.Policy, tracked *gitsource.Source, current func() string, docker forge.Observer, log *slog.Logger) (*forge.Pipeline, error) {
+func (g *githubFlags) start(ctx context.Context, git *gitFlags, labName, dataDir, dockerHost string, load lab.LoadOptions, tracked *gitsource.Source, current func() string, docker forge.Observer, log *slog.Logger) (*forge.Pipeline, error) {
 	token, err := readSecret(g.tokenFile, "LABSYNC_GITHUB_TOKEN")
 	if err != nil || token == "" {
 		return nil, err
@@ -87,10 +87,10 @@ func (g *githubFlags) start(ctx context.Context, git *gitFlags, labName, dataDir
 	// Drift is traced through the tracked branch's history.
 	drift := forge.NewDriftReporter(forge.DriftOptions{GitHub: client, History: tracked, Lab: labName,
 		StateFile: filepath.Join(dataDir, "drift-reports.json"), Logger: log})
-	planner := &childPlanner{exe: exe, gitURL: src.URL(), gitCache: pulls.cacheDir, dockerHost: dockerHost, policy: policy, limits: limits, log: log}
+	planner := &childPlanner{exe: exe, gitURL: src.URL(), gitCache: pulls.cacheDir, dockerHost: dockerHost, load: load, limits: limits, log: log}
 	p := forge.NewPipeline(forge.PipelineOptions{GitHub: client, Source: src, Docker: docker, Lab: labName,
 		BlobURL: forge.BlobURL(strings.TrimRight(g.webURL, "/"), owner, repo), Logger: log, Interval: g.prPoll, Drift: drift,
-		LabName: current, Branch: git.branch, Planner: planner.plan, Load: lab.LoadOptions{Policy: policy}})
+		LabName: current, Branch: git.branch, Planner: planner.plan, Load: load})
 	go p.Run(ctx)
 	log.Info("pull-request feedback on GitHub", "repo", owner+"/"+repo)
 	return p, nil

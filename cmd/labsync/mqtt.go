@@ -24,14 +24,14 @@ type mqttFlags struct {
 }
 
 func (m *mqttFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&m.broker, "mqtt", "", "MQTT broker (tcp://host:1883, ssl://host:8883); empty starts the embedded broker on --mqtt-listen")
+	fs.StringVar(&m.broker, "mqtt", "", "MQTT broker (tcp://host:1883, ssl://host:8883); empty: the stack's own broker when it has one (a Mosquitto, or a service on port 1883, on the port it publishes), else the embedded broker on --mqtt-listen")
 	fs.StringVar(&m.username, "mqtt-username", "", "MQTT user name")
 	fs.StringVar(&m.passwordFile, "mqtt-password-file", "", "file with the MQTT password (or LABSYNC_MQTT_PASSWORD)")
 	fs.StringVar(&m.caFile, "mqtt-ca-file", "", "CA certificate to verify an ssl:// broker")
 	fs.StringVar(&m.certFile, "mqtt-cert-file", "", "client certificate for the broker")
 	fs.StringVar(&m.keyFile, "mqtt-key-file", "", "key of --mqtt-cert-file")
 	fs.StringVar(&m.clientID, "mqtt-client-id", "", "MQTT client id (default labsync-<lab>-<host>-<random>: unique per lab and replica)")
-	fs.StringVar(&m.listen, "mqtt-listen", "127.0.0.1:1883", "address of the embedded broker, started when --mqtt is empty (anyone may read; only --mqtt-users-file users may send commands and jobs); empty disables MQTT")
+	fs.StringVar(&m.listen, "mqtt-listen", "127.0.0.1:1883", "address of the embedded broker, started when --mqtt is empty and the stack has no broker (anyone may read; only --mqtt-users-file users may send commands and jobs); empty disables MQTT")
 	fs.StringVar(&m.usersFile, "mqtt-users-file", "", "users of the embedded broker, one user:password a line (plain, or a mosquitto_passwd $7$/$6$ hash): they may publish commands and job submissions; everyone else only reads")
 	m.maxPacket = mqttbus.DefaultMaxPacketSize
 	fs.Func("mqtt-max-packet", "largest MQTT packet the embedded broker takes, in bytes or with a unit (512k, 1m; default 1m); a client sending a bigger one is disconnected", func(v string) error {
@@ -63,6 +63,11 @@ type mqttSide struct {
 	log    *slog.Logger
 	broker *mqttbus.Broker
 	url    string
+	// embedded is set when no --mqtt is given and --mqtt-listen is:
+	// labsync reports to the stack's own broker when the lab has one,
+	// else it starts its embedded broker, at the first status.
+	embedded bool
+	users    mqttbus.Users
 
 	ctx    context.Context
 	mu     sync.Mutex
@@ -78,29 +83,50 @@ func (m *mqttFlags) start(ctx context.Context, log *slog.Logger) (*mqttSide, err
 		return nil, usageError{"--mqtt-users-file is for the embedded broker; with --mqtt, give the users to that broker"}
 	}
 	if m.broker == "" && m.listen != "" {
-		var users mqttbus.Users
+		side.embedded = true
 		if m.usersFile != "" {
 			var err error
-			if users, err = mqttbus.LoadUsers(m.usersFile); err != nil {
+			if side.users, err = mqttbus.LoadUsers(m.usersFile); err != nil {
 				return nil, err
 			}
 		}
-		b, err := mqttbus.StartBroker(mqttbus.BrokerOptions{Addr: m.listen, MaxPacketSize: m.maxPacket, Users: users, Logger: log})
-		if err != nil {
-			// A lab host often runs its own Mosquitto on 1883: say how to
-			// use it, and go on without MQTT rather than not at all.
-			log.Error("embedded MQTT broker not started; MQTT status is off (give --mqtt tcp://host:1883 to use a running broker, or another --mqtt-listen)", "err", err)
-			return side, nil
-		}
-		side.broker, side.url = b, b.URL()
-		log.Info("embedded MQTT broker started", "listen", b.Addr(), "users", len(users), "max_packet", m.maxPacket)
 	}
 	return side, nil
 }
 
+// chooseBroker picks the broker at the first status of a lab: --mqtt; else
+// the stack's own broker, on the port it publishes; else the embedded
+// broker, started now. Callers hold s.mu. It reports false when there is
+// none.
+func (s *mqttSide) chooseBroker(d *lab.Desired) bool {
+	if s.url != "" || !s.embedded {
+		return s.url != ""
+	}
+	if u := d.Broker.URL(); u != "" {
+		s.url = u
+		s.log.Info("MQTT: reporting to the stack's own broker, as its agents do", "service", d.Broker.Service, "broker", u)
+		return true
+	}
+	if d.Broker != nil {
+		s.log.Warn("the stack's MQTT broker publishes no port on the host, so labsync cannot reach it; starting the embedded broker (publish its port 1883, or give --mqtt)", "service", d.Broker.Service)
+	}
+	m := s.flags
+	b, err := mqttbus.StartBroker(mqttbus.BrokerOptions{Addr: m.listen, MaxPacketSize: m.maxPacket, Users: s.users, Logger: s.log})
+	if err != nil {
+		// A lab host often runs its own Mosquitto on 1883: say how to use
+		// it, and go on without MQTT rather than not at all.
+		s.log.Error("embedded MQTT broker not started; MQTT status is off (give --mqtt tcp://host:1883 to use a running broker, or another --mqtt-listen)", "err", err)
+		s.embedded = false
+		return false
+	}
+	s.broker, s.url = b, b.URL()
+	s.log.Info("embedded MQTT broker started", "listen", b.Addr(), "users", len(s.users), "max_packet", m.maxPacket)
+	return true
+}
+
 // attach makes the controller's status and events flow to MQTT.
 func (s *mqttSide) attach(ctrl *reconciler.Controller) {
-	if s.url == "" {
+	if s.url == "" && !s.embedded {
 		return
 	}
 	ctrl.AddSinks(func(st reconciler.LabStatus) { s.publish(ctrl, st) }, func(e reconciler.Event) {
@@ -118,6 +144,10 @@ func (s *mqttSide) publish(ctrl *reconciler.Controller, st reconciler.LabStatus)
 		return
 	}
 	s.mu.Lock()
+	if s.bus == nil && !s.chooseBroker(st.Desired) {
+		s.mu.Unlock()
+		return
+	}
 	if s.bus == nil {
 		username := s.flags.username
 		password, err := readSecret(s.flags.passwordFile, "LABSYNC_MQTT_PASSWORD")

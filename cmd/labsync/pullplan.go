@@ -30,6 +30,7 @@ type pullPlanRequest struct {
 	GitCache   string            `json:"git_cache"`
 	DockerHost string            `json:"docker_host,omitempty"`
 	Policy     *lab.Policy       `json:"policy"`
+	DataRoot   string            `json:"data_root,omitempty"`
 }
 
 // pullPlanReply is what the child prints.
@@ -72,7 +73,7 @@ func planPull(ctx context.Context, req pullPlanRequest) (forge.PlanResult, error
 		return forge.PlanResult{}, err
 	}
 	defer rt.Close()
-	return forge.PlanTree(ctx, tree, rt, req.Request, lab.LoadOptions{Policy: req.Policy})
+	return forge.PlanTree(ctx, tree, rt, req.Request, lab.LoadOptions{Policy: req.Policy, DataRoot: req.DataRoot})
 }
 
 // childPlanner plans pull requests in a child process of this binary
@@ -83,7 +84,7 @@ type childPlanner struct {
 	gitURL     string
 	gitCache   string
 	dockerHost string
-	policy     *lab.Policy
+	load       lab.LoadOptions
 	limits     sandbox.Limits
 	log        *slog.Logger
 }
@@ -95,7 +96,7 @@ func childEnv(role string) []string {
 }
 
 func (c *childPlanner) plan(ctx context.Context, req forge.PlanRequest) (forge.PlanResult, error) {
-	in, err := json.Marshal(pullPlanRequest{Request: req, GitURL: c.gitURL, GitCache: c.gitCache, DockerHost: c.dockerHost, Policy: c.policy})
+	in, err := json.Marshal(pullPlanRequest{Request: req, GitURL: c.gitURL, GitCache: c.gitCache, DockerHost: c.dockerHost, Policy: c.load.Policy, DataRoot: c.load.DataRoot})
 	if err != nil {
 		return forge.PlanResult{}, err
 	}

@@ -27,7 +27,6 @@ import (
 type serveFlags struct {
 	common
 	configFile       string
-	dataDir          string
 	listen           string
 	pollInterval     time.Duration
 	driftSchedule    string
@@ -37,6 +36,7 @@ type serveFlags struct {
 	apiTokenF        string
 	insecureWebhooks bool
 	forcePrune       bool
+	adopt            bool
 	parallelism      int
 	stopTimeout      time.Duration
 	flapMax          int
@@ -54,8 +54,7 @@ type serveFlags struct {
 func (f *serveFlags) register(fs *flag.FlagSet) {
 	f.common.register(fs, true)
 	fs.StringVar(&f.configFile, "config", "", "YAML file of flag values (keys are flag names); flags and LABSYNC_* variables win over it")
-	fs.StringVar(&f.dataDir, "data-dir", "/var/lib/labsync", "folder for the git cache and state")
-	fs.StringVar(&f.listen, "listen", ":8080", "HTTP address for webhooks, the API, metrics and the status page")
+	fs.StringVar(&f.listen, "listen", fmt.Sprintf(":%d", lab.DefaultDaemonPort), "HTTP address for webhooks, the API, metrics and the status page (the default port is clear of those a lab's stack publishes)")
 	fs.DurationVar(&f.pollInterval, "poll-interval", 60*time.Second, "how often the remote head is checked (jittered 10%); 0 disables polling")
 	fs.StringVar(&f.driftSchedule, "drift-schedule", "@every 15m", "cron schedule of drift checks (robfig/cron syntax, e.g. '*/10 * * * *'); empty disables")
 	fs.StringVar(&f.cleanSlate, "clean-slate-schedule", "", "cron schedule of clean slates: every agent in sync and idle (per the Testflinger server of lab.yaml) is recreated; empty disables")
@@ -64,6 +63,7 @@ func (f *serveFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.insecureWebhooks, "insecure-webhooks", false, "serve webhooks without a secret or token (anyone who reaches the port can trigger passes); /hooks/generic stays closed when a GitHub secret is set")
 	fs.StringVar(&f.apiTokenF, "api-token-file", "", "file with the bearer token of the API's POST endpoints (or LABSYNC_API_TOKEN); without one they refuse every request")
 	fs.BoolVar(&f.forcePrune, "force-prune", false, "remove orphans even when the mass-removal guard trips")
+	fs.BoolVar(&f.adopt, "adopt", false, adoptUsage+"; until the first pass that applies cleanly")
 	fs.IntVar(&f.parallelism, "parallelism", 0, "agents changed at once (default: agents.update.parallelism, 4)")
 	fs.DurationVar(&f.stopTimeout, "stop-timeout", reconciler.DefaultStopTimeout, "time a container gets to stop before it is killed")
 	fs.IntVar(&f.flapMax, "flap-limit", 5, "Docker events of one container that may trigger passes within --flap-window")
@@ -202,7 +202,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	pipeline, err := f.github.start(ctx, &f.git, name, f.dataDir, f.dockerHost, policy, src, currentLab, rt, log)
+	pipeline, err := f.github.start(ctx, &f.git, name, f.dataDir, f.dockerHost, lab.LoadOptions{Policy: policy, DataRoot: f.dataDir}, src, currentLab, rt, log)
 	if err != nil {
 		return err
 	}
@@ -214,9 +214,10 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer mq.close()
 	ctrl := reconciler.NewController(reconciler.ControllerOptions{
-		Source: src, Docker: rt, DefaultName: name, Load: lab.LoadOptions{Policy: policy},
+		Source: src, Docker: rt, DefaultName: name, Load: lab.LoadOptions{Policy: policy, DataRoot: f.dataDir},
 		PollInterval: f.pollInterval, MinBackoff: f.minBackoff, MaxBackoff: f.maxBackoff,
 		ForcePrune:  f.forcePrune,
+		Adopt:       f.adopt,
 		Apply:       reconciler.ApplyOptions{Parallelism: f.parallelism, StopTimeout: f.stopTimeout, IgnoreBusy: f.ignoreBusy, AgentBinary: agentBin},
 		BusyRecheck: f.busyRecheck,
 		Logger:      log,

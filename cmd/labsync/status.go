@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/labsync/labsync/lab"
 	"github.com/labsync/labsync/reconciler"
 )
 
@@ -18,7 +19,7 @@ import (
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	server := fs.String("server", envOr("LABSYNC_SERVER", "http://127.0.0.1:8080"), "address of labsync serve (env: LABSYNC_SERVER)")
+	server := fs.String("server", envOr("LABSYNC_SERVER", fmt.Sprintf("http://127.0.0.1:%d", lab.DefaultDaemonPort)), "address of labsync serve (env: LABSYNC_SERVER)")
 	asJSON := fs.Bool("json", false, "print the API's JSON")
 	if err := fs.Parse(args); err != nil {
 		if err == flag.ErrHelp {

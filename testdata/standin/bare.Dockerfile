@@ -6,4 +6,5 @@ FROM scratch
 ENV PATH=/usr/local/bin:/usr/bin:/bin
 COPY standin /usr/bin/testflinger-agent
 COPY standin /usr/bin/testflinger-server
+COPY standin /usr/sbin/mosquitto
 CMD ["testflinger-agent", "-c", "/data/testflinger-agent/sut/agent.conf"]

@@ -2,7 +2,8 @@
 // demo, where no real image can be pulled. Installed as testflinger-agent it
 // logs like the agent (Checking jobs, Sleeping for N, Starting job <uuid>);
 // installed as testflinger-server it answers the server's /v1 endpoint and
-// can check itself for a container healthcheck.
+// can check itself for a container healthcheck; installed as mosquitto it is
+// an MQTT broker that takes every client.
 //
 // Agent behaviour is tuned by environment variables:
 //
@@ -33,6 +34,8 @@ func main() {
 	switch filepath.Base(os.Args[0]) {
 	case "testflinger-server":
 		err = server(os.Args[1:])
+	case "mosquitto":
+		err = broker(os.Args[1:])
 	default:
 		err = agent(os.Args[1:])
 	}

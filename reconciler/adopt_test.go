@@ -1,0 +1,108 @@
+package reconciler_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"testing/fstest"
+
+	"github.com/labsync/labsync/reconciler"
+	"github.com/labsync/labsync/runtime"
+)
+
+func adoptLab() fstest.MapFS {
+	return fstest.MapFS{
+		"lab.yaml":            {Data: []byte("name: newlab\nagents:\n  image: {name: agent:1}\nadopt:\n  compose_project: oldstack\n")},
+		"docker-compose.yaml": {Data: []byte("services:\n  redis:\n    image: redis:7\n    volumes: [data:/data]\nvolumes:\n  data: {}\n")},
+		"sut/alpha.conf":      {Data: []byte(agentConf("alpha"))},
+		"sut/beta.conf":       {Data: []byte(agentConf("beta"))},
+	}
+}
+
+// What the old stack left on the host: its agents (made through the API,
+// no labels), its compose service and its data volume.
+func oldStack() *runtime.Foreign {
+	return &runtime.Foreign{
+		Containers: []runtime.ObservedContainer{
+			{ID: "c-alpha", Name: "alpha", Image: "old-agent", State: "running"},
+			{ID: "c-redis", Name: "oldstack_redis_1", Image: "redis:7", State: "running", ComposeProject: "oldstack", ComposeService: "redis"},
+		},
+		Volumes: []string{"oldstack_data"},
+	}
+}
+
+func TestAdoptTakesOverTheOldStack(t *testing.T) {
+	d := compile(t, adoptLab())
+	if d.Volumes[0].Name != "oldstack_data" {
+		t.Fatalf("volume name %s, want compose's oldstack_data", d.Volumes[0].Name)
+	}
+	obs := &runtime.Observed{Images: map[string]string{"agent:1": "sha256:a", "redis:7": "sha256:r"}}
+
+	// Without --adopt: what is in the way blocks its objects, and says how
+	// to take it over; beta has nothing in its way.
+	p := reconciler.Plan(d, obs, reconciler.PlanOptions{Foreign: oldStack()})
+	got := actionsOf(p)
+	if strings.Join(got, ",") != "create-network default,create beta" {
+		t.Errorf("plan without --adopt = %v", got)
+	}
+	var blocked []string
+	for _, b := range p.Blocked {
+		blocked = append(blocked, b.Kind+" "+b.Object+" by "+b.By)
+		if !strings.Contains(b.Reason, "--adopt") {
+			t.Errorf("%s: %s does not name --adopt", b.Object, b.Reason)
+		}
+	}
+	if strings.Join(blocked, ",") != "volume data by oldstack_data,service redis by oldstack_data,agent alpha by alpha" {
+		t.Errorf("blocked = %v", blocked)
+	}
+
+	// With --adopt: the volume is reused, the containers replaced.
+	p = reconciler.Plan(d, obs, reconciler.PlanOptions{Foreign: oldStack(), Adopt: true})
+	got = actionsOf(p)
+	if strings.Join(got, ",") != "create-network default,adopt-volume data,adopt redis,adopt alpha,create beta" {
+		t.Errorf("plan with --adopt = %v", got)
+	}
+	for _, a := range p.Actions {
+		if a.Kind == reconciler.Adopt && (a.Old == nil || !strings.Contains(a.Reasons[0], "was not made by labsync")) {
+			t.Errorf("adopt %s: old %v, reasons %v", a.Object, a.Old, a.Reasons)
+		}
+	}
+	if len(p.Blocked) != 0 {
+		t.Errorf("blocked with --adopt: %v", p.Blocked)
+	}
+}
+
+// The lookup costs nothing when a plan creates nothing, and once the lab's
+// containers mount the adopted volume, it is theirs.
+func TestForeignLookupOnlyWhenCreating(t *testing.T) {
+	d := compile(t, adoptLab())
+	calls := 0
+	lister := func(ctx context.Context, o runtime.ForeignOptions) (*runtime.Foreign, error) {
+		calls++
+		return &runtime.Foreign{}, nil
+	}
+	obs := observedFrom(d)
+	for i := range obs.Containers {
+		if obs.Containers[i].Object == "redis" {
+			obs.Containers[i].Volumes = []string{"oldstack_data"}
+		}
+	}
+	obs.Networks = nil
+	obs.Networks = append(obs.Networks, runtime.ObservedNetwork{Name: "newlab_default", Hash: d.Networks[0].Hash})
+	p, err := reconciler.PlanHost(context.Background(), d, obs, reconciler.PlanOptions{}, lister)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !p.Empty() || calls != 0 {
+		t.Errorf("in-sync plan: %v, %d lookups", actionsOf(p), calls)
+	}
+	// A new agent: one lookup.
+	d2 := compile(t, func() fstest.MapFS {
+		f := adoptLab()
+		f["sut/gamma.conf"] = &fstest.MapFile{Data: []byte(agentConf("gamma"))}
+		return f
+	}())
+	if _, err := reconciler.PlanHost(context.Background(), d2, obs, reconciler.PlanOptions{}, lister); err != nil || calls != 1 {
+		t.Errorf("plan with a create: %v, %d lookups", err, calls)
+	}
+}
