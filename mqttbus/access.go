@@ -17,6 +17,9 @@ import (
 //   - users of the users file may read everything and publish commands
 //     (<prefix>/cmd/#, <prefix>/agents/+/cmd) and job submissions
 //     (+/submit); a listed user with a wrong password is refused;
+//   - clients of the agents' socket (labsync-agent in agent containers)
+//     may publish the agents' own topics: <sut>/agent, <sut>/agent/state,
+//     <sut>/output, <sut>/last_job;
 //   - everyone else (no user name, or one that is not listed) may connect
 //     and read everything, and publish nothing.
 //
@@ -55,7 +58,7 @@ func (h *accessHook) OnConnectAuthenticate(cl *mochi.Client, pk packets.Packet) 
 		h.log.Info("mqtt client refused: wrong password", "user", clip(string(user)), "remote", cl.Net.Remote)
 		return false
 	}
-	if w := cl.Properties.Will; w.Flag != 0 && !h.mayPublish(user, w.TopicName) {
+	if w := cl.Properties.Will; w.Flag != 0 && !h.mayPublish(cl, user, w.TopicName) {
 		h.log.Info("mqtt client's will dropped: it may not publish there", "user", clip(string(user)), "remote", cl.Net.Remote, "topic", clip(w.TopicName))
 		cl.Properties.Will = mochi.Will{}
 	}
@@ -67,7 +70,7 @@ func (h *accessHook) OnACLCheck(cl *mochi.Client, topic string, write bool) bool
 	if !write {
 		return true
 	}
-	if h.mayPublish(cl.Properties.Username, topic) {
+	if h.mayPublish(cl, cl.Properties.Username, topic) {
 		return true
 	}
 	// Debug only: refusals must not let anyone flood the log.
@@ -75,11 +78,18 @@ func (h *accessHook) OnACLCheck(cl *mochi.Client, topic string, write bool) bool
 	return false
 }
 
-// mayPublish says whether user may publish to topic.
-func (h *accessHook) mayPublish(user []byte, topic string) bool {
+// mayPublish says whether the client cl, as user, may publish to topic.
+func (h *accessHook) mayPublish(cl *mochi.Client, user []byte, topic string) bool {
 	switch {
 	case len(user) > 0 && string(user) == h.internalUser:
 		return true
+	case cl.Net.Listener == agentsListener:
+		for _, f := range agentTopics {
+			if topicMatches(f, topic) {
+				return true
+			}
+		}
+		return false
 	case !h.users.has(user):
 		return false
 	}
@@ -94,6 +104,9 @@ func (h *accessHook) mayPublish(user []byte, topic string) bool {
 	}
 	return false
 }
+
+// agentTopics are the topics labsync-agent publishes for its SUT.
+var agentTopics = []string{"+/agent", "+/agent/state", "+/output", "+/last_job"}
 
 // topicMatches reports whether an MQTT topic name matches a filter with +
 // and # wildcards; as MQTT says, a wildcard at the first level does not

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"sync/atomic"
 
 	mochi "github.com/mochi-mqtt/server/v2"
@@ -24,9 +26,16 @@ type BrokerOptions struct {
 	MaxPacketSize uint32
 	// Users may publish commands and job submissions; everyone else may
 	// only read.
-	Users  Users
-	Logger *slog.Logger
+	Users Users
+	// AgentSocket, when set, is a unix socket for the agents' labsync-agent
+	// (labsync bind-mounts its folder into agent containers): clients on it
+	// may publish the agents' own topics, and nothing else.
+	AgentSocket string
+	Logger      *slog.Logger
 }
+
+// agentsListener is the listener id of the agents' socket.
+const agentsListener = "agents"
 
 // Broker is the embedded MQTT broker labsync serve starts when no broker is
 // configured, so status works on a fresh machine.
@@ -66,6 +75,14 @@ func StartBroker(o BrokerOptions) (*Broker, error) {
 	}
 	if err := b.srv.AddListener(listeners.NewTCP(listeners.Config{ID: "tcp", Address: real})); err != nil {
 		return nil, fmt.Errorf("embedded broker: %w", err)
+	}
+	if o.AgentSocket != "" {
+		if err := os.MkdirAll(filepath.Dir(o.AgentSocket), 0o755); err != nil {
+			return nil, fmt.Errorf("embedded broker: agents' socket: %w", err)
+		}
+		if err := b.srv.AddListener(listeners.NewUnixSock(listeners.Config{ID: agentsListener, Address: o.AgentSocket})); err != nil {
+			return nil, fmt.Errorf("embedded broker: agents' socket: %w", err)
+		}
 	}
 	if err := b.srv.Serve(); err != nil {
 		return nil, fmt.Errorf("embedded broker: %w", err)

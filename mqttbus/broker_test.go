@@ -379,3 +379,33 @@ func TestUsersFileFromMosquittoPasswd(t *testing.T) {
 		t.Errorf("passwords of\n%s\nnot checked right", data)
 	}
 }
+
+// Agents reach the embedded broker through its agents' socket, which a
+// bind mount gives their containers: there they may publish their own
+// topics and nothing else.
+func TestBrokerAgentSocket(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "agents.sock")
+	b := startBroker(t, mqttbus.BrokerOptions{AgentSocket: sock})
+	b.SetPrefix("lab/x")
+	self := internal(t, b)
+	reader := testenv.Subscribe(t, b.URL(), "#")
+	for _, tc := range []struct {
+		topic string
+		ok    bool
+	}{
+		{"dut1/agent", true}, {"dut1/agent/state", true}, {"dut1/output", true}, {"dut1/last_job", true},
+		{"dut1/submit", false}, {"lab/x/cmd/sync", false}, {"lab/x/status", false},
+	} {
+		// A client a case: a refused publish may cost the client its
+		// connection.
+		agent := testenv.SubscribeWith(t, "unix://"+sock, "unused", testenv.ClientOptions{WillTopic: "dut1/agent"})
+		if got := checkPublish(t, reader, agent, self, tc.topic, "from-the-socket"); got != tc.ok {
+			t.Errorf("a client of the agents' socket publishing on %s: taken %v, want %v", tc.topic, got, tc.ok)
+		}
+	}
+	// On the TCP listener the same client is anonymous: read only.
+	anon := testenv.Subscribe(t, b.URL(), "unused")
+	if checkPublish(t, reader, anon, self, "dut2/agent", "anonymous") {
+		t.Error("an anonymous TCP client published an agent topic")
+	}
+}

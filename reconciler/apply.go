@@ -136,6 +136,10 @@ type ApplyOptions struct {
 	// once per binary. Empty: none; an agent that runs it from there must
 	// then find it in its image.
 	AgentBinary string
+	// AgentMQTTDir, when set, gives agent containers whose environment
+	// names no broker the embedded broker's agents' socket (see
+	// runtime.CreateOptions).
+	AgentMQTTDir string
 }
 
 // DefaultStopTimeout is Docker's own default grace period.
@@ -376,7 +380,7 @@ func (a *applier) waitOptions(spec *lab.ContainerSpec) runtime.WaitOptions {
 }
 
 func (a *applier) createOpts() runtime.CreateOptions {
-	return runtime.CreateOptions{Lab: a.plan.Lab, Revision: a.plan.Revision}
+	return runtime.CreateOptions{Lab: a.plan.Lab, Revision: a.plan.Revision, AgentMQTTDir: a.opts.AgentMQTTDir}
 }
 
 // agentBinary returns the labsync-agent volume for new agent containers,

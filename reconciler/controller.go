@@ -515,6 +515,9 @@ func (c *Controller) stepConverge(ctx context.Context, run *Run, cleanSlate bool
 	if !plan.Empty() {
 		aopts := c.opts.Apply
 		aopts.Logger = c.log.With("run_id", run.ID)
+		if desired.Broker != nil {
+			aopts.AgentMQTTDir = "" // the agents report to the stack's broker
+		}
 		aopts.ForceBusy = c.busyExpired(desired)
 		if c.opts.AgentIdle != nil && desired.TestflingerServer != "" {
 			aopts.ServerBusy = func(ctx context.Context, agent string) (bool, error) {

@@ -34,7 +34,19 @@ type CreateOptions struct {
 	// agent containers (and filled first if need be). It is added at
 	// create and is not part of the spec hash.
 	AgentBinary *AgentBinary
+	// AgentMQTTDir, when set, is the host folder of the embedded broker's
+	// agents' socket: agent containers whose environment names no broker
+	// get it mounted at AgentMQTTMount and LABSYNC_AGENT_MQTT pointing at
+	// the socket. Added at create; not part of the spec hash.
+	AgentMQTTDir string
 }
+
+// AgentMQTTMount is where agent containers see the embedded broker's
+// agents' socket folder; AgentMQTTSocket is the socket's file name there.
+const (
+	AgentMQTTMount  = "/run/labsync-mqtt"
+	AgentMQTTSocket = "agents.sock"
+)
 
 // ErrNameInUse is returned when a container of the wanted name exists but
 // is not managed by this lab. labsync never touches it.
@@ -137,6 +149,10 @@ func (c *Client) containerConfig(spec *lab.ContainerSpec, opts CreateOptions) (*
 	if spec.Kind == lab.KindAgent && len(spec.Secrets) > 0 {
 		env = agentSecretEnv(env, spec)
 	}
+	agentMQTT := spec.Kind == lab.KindAgent && opts.AgentMQTTDir != "" && spec.Env["LABSYNC_AGENT_MQTT"] == ""
+	if agentMQTT {
+		env = append(env, "LABSYNC_AGENT_MQTT=unix://"+AgentMQTTMount+"/"+AgentMQTTSocket)
+	}
 	sort.Strings(env)
 	cfg := &container.Config{
 		Image:      spec.Image,
@@ -189,6 +205,11 @@ func (c *Client) containerConfig(spec *lab.ContainerSpec, opts CreateOptions) (*
 	}
 	if bin := agentBinaryFor(spec, opts.AgentBinary); bin != nil {
 		host.Mounts = append(host.Mounts, agentBinaryMount(bin))
+	}
+	if agentMQTT {
+		// The old -v form: the engine makes the folder when the broker
+		// has not yet; labsync-agent connects once the socket is there.
+		host.Binds = append(host.Binds, opts.AgentMQTTDir+":"+AgentMQTTMount)
 	}
 	if len(spec.Ports) > 0 || len(spec.Expose) > 0 {
 		cfg.ExposedPorts = nat.PortSet{}

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -31,5 +32,28 @@ func TestServeReportsToTheStacksBroker(t *testing.T) {
 		_, status := sub.Last("labsync/" + g.name + "/status")
 		_, agent := sub.Last("alpha/agent")
 		return status && agent
+	})
+}
+
+// A stack without a broker: labsync starts its embedded broker, and the
+// agents reach it through its agents' socket, which their containers get
+// mounted.
+func TestServeAgentsReachTheEmbeddedBroker(t *testing.T) {
+	g := newGitLab(t)
+	addr := freeAddr(t)
+	// Unix socket paths are short: the data folder goes under /tmp.
+	data, err := os.MkdirTemp("", "lsd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(data) })
+	d := startDaemon(t, append(withoutFlag(g.args, "--data-dir"), "--data-dir", data, "--mqtt-listen", addr)...)
+	g.waitRunning(t, 60*time.Second, "alpha")
+	d.settle()
+	sub := testenv.Subscribe(t, "tcp://"+addr, "#")
+	testenv.Eventually(t, 60*time.Second, "no agent heartbeat on the embedded broker", func() bool {
+		_, agent := sub.Last("alpha/agent")
+		_, status := sub.Last("labsync/" + g.name + "/status")
+		return agent && status
 	})
 }

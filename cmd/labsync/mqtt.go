@@ -5,12 +5,14 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/labsync/labsync/lab"
 	"github.com/labsync/labsync/mqttbus"
 	"github.com/labsync/labsync/reconciler"
+	"github.com/labsync/labsync/runtime"
 )
 
 // mqttFlags configure labsync serve's MQTT side.
@@ -68,6 +70,9 @@ type mqttSide struct {
 	// else it starts its embedded broker, at the first status.
 	embedded bool
 	users    mqttbus.Users
+	// agentDir holds the embedded broker's agents' socket, which agent
+	// containers get when the stack has no broker.
+	agentDir string
 
 	ctx    context.Context
 	mu     sync.Mutex
@@ -77,13 +82,14 @@ type mqttSide struct {
 	prefix string
 }
 
-func (m *mqttFlags) start(ctx context.Context, log *slog.Logger) (*mqttSide, error) {
+func (m *mqttFlags) start(ctx context.Context, dataDir string, log *slog.Logger) (*mqttSide, error) {
 	side := &mqttSide{flags: m, log: log, url: m.broker, ctx: ctx}
 	if m.broker != "" && m.usersFile != "" {
 		return nil, usageError{"--mqtt-users-file is for the embedded broker; with --mqtt, give the users to that broker"}
 	}
 	if m.broker == "" && m.listen != "" {
 		side.embedded = true
+		side.agentDir = filepath.Join(dataDir, "mqtt")
 		if m.usersFile != "" {
 			var err error
 			if side.users, err = mqttbus.LoadUsers(m.usersFile); err != nil {
@@ -111,7 +117,8 @@ func (s *mqttSide) chooseBroker(d *lab.Desired) bool {
 		s.log.Warn("the stack's MQTT broker publishes no port on the host, so labsync cannot reach it; starting the embedded broker (publish its port 1883, or give --mqtt)", "service", d.Broker.Service)
 	}
 	m := s.flags
-	b, err := mqttbus.StartBroker(mqttbus.BrokerOptions{Addr: m.listen, MaxPacketSize: m.maxPacket, Users: s.users, Logger: s.log})
+	b, err := mqttbus.StartBroker(mqttbus.BrokerOptions{Addr: m.listen, MaxPacketSize: m.maxPacket, Users: s.users, Logger: s.log,
+		AgentSocket: filepath.Join(s.agentDir, runtime.AgentMQTTSocket)})
 	if err != nil {
 		// A lab host often runs its own Mosquitto on 1883: say how to use
 		// it, and go on without MQTT rather than not at all.

@@ -333,11 +333,11 @@ func TestMQTTFlags(t *testing.T) {
 	}
 	m := mqttFlags{broker: "tcp://127.0.0.1:1", usersFile: "users"}
 	var ue usageError
-	if _, err := m.start(context.Background(), nil); !errors.As(err, &ue) {
+	if _, err := m.start(context.Background(), t.TempDir(), nil); !errors.As(err, &ue) {
 		t.Errorf("--mqtt-users-file with --mqtt: %v, want a usage error", err)
 	}
 	m = mqttFlags{listen: "127.0.0.1:0", usersFile: filepath.Join(t.TempDir(), "missing")}
-	if _, err := m.start(context.Background(), nil); err == nil || !strings.Contains(err.Error(), "mqtt users file") {
+	if _, err := m.start(context.Background(), t.TempDir(), nil); err == nil || !strings.Contains(err.Error(), "mqtt users file") {
 		t.Errorf("missing users file: %v", err)
 	}
 }

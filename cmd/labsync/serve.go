@@ -208,7 +208,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	reporter := &applyReporter{p: pipeline}
 	var srv *server.Server
-	mq, err := f.mqtt.start(ctx, log)
+	mq, err := f.mqtt.start(ctx, f.dataDir, log)
 	if err != nil {
 		return err
 	}
@@ -216,9 +216,10 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	ctrl := reconciler.NewController(reconciler.ControllerOptions{
 		Source: src, Docker: rt, DefaultName: name, Load: lab.LoadOptions{Policy: policy, DataRoot: f.dataDir},
 		PollInterval: f.pollInterval, MinBackoff: f.minBackoff, MaxBackoff: f.maxBackoff,
-		ForcePrune:  f.forcePrune,
-		Adopt:       f.adopt,
-		Apply:       reconciler.ApplyOptions{Parallelism: f.parallelism, StopTimeout: f.stopTimeout, IgnoreBusy: f.ignoreBusy, AgentBinary: agentBin},
+		ForcePrune: f.forcePrune,
+		Adopt:      f.adopt,
+		Apply: reconciler.ApplyOptions{Parallelism: f.parallelism, StopTimeout: f.stopTimeout, IgnoreBusy: f.ignoreBusy, AgentBinary: agentBin,
+			AgentMQTTDir: mq.agentDir},
 		BusyRecheck: f.busyRecheck,
 		Logger:      log,
 		OnRun:       func(r reconciler.Run) { srv.ObserveRun(r); reporter.observe(r, ctrlRef.Load().Status()) },
