@@ -21,9 +21,11 @@ type Source interface {
 	Tree(commit string) (fs.FS, error)
 }
 
-// Observer reads what a lab runs on the Docker host.
+// Observer reads what a lab runs on the Docker host, and what labsync did
+// not make that stands in its way.
 type Observer interface {
 	Observe(ctx context.Context, labName string) (*runtime.Observed, error)
+	Foreign(ctx context.Context, o runtime.ForeignOptions) (*runtime.Foreign, error)
 }
 
 // PipelineOptions configure a Pipeline.
@@ -348,7 +350,10 @@ func PlanTree(ctx context.Context, tree fs.FS, docker Observer, req PlanRequest,
 	if err != nil {
 		return PlanResult{}, err
 	}
-	view.Plan = reconciler.Plan(d, obs, reconciler.PlanOptions{})
+	view.Plan, err = reconciler.PlanHost(ctx, d, obs, reconciler.PlanOptions{}, docker.Foreign)
+	if err != nil {
+		return PlanResult{}, err
+	}
 	return PlanResult{Lab: req.Lab, Head: req.Head, Body: RenderPlan(view), Held: len(view.Plan.Held)}, nil
 }
 

@@ -76,6 +76,13 @@ func RenderPlan(v PlanView) string {
 		}
 		b.WriteString("\n")
 	}
+	if v.Plan != nil && len(v.Plan.Blocked) > 0 {
+		b.WriteString("| Blocked | By what labsync did not make | Why |\n|---|---|---|\n")
+		for _, bl := range v.Plan.Blocked {
+			fmt.Fprintf(&b, "| %s <code>%s</code> | <code>%s</code> | %s |\n", bl.Kind, cell(bl.Object), cell(bl.By), cell(bl.Reason))
+		}
+		b.WriteString("\n")
+	}
 	if v.Plan != nil && !v.Plan.Empty() {
 		b.WriteString("| Action | Object | Why |\n|---|---|---|\n")
 		for _, a := range v.Plan.Actions {

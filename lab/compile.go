@@ -21,7 +21,7 @@ type CompileOptions struct {
 // Compile turns a valid lab into the desired state of its Docker host. It
 // is deterministic: the same lab gives the same specs and hashes.
 func Compile(l *Lab, opts CompileOptions) *Desired {
-	d := &Desired{Lab: l.Name, Revision: opts.Revision, ComposeProject: l.Config.Adopt.ComposeProject, TestflingerServer: l.Config.Testflinger.Server, MQTTPrefix: orDefault(l.Config.MQTT.Prefix, "labsync/"+l.Name)}
+	d := &Desired{Lab: l.Name, Revision: opts.Revision, ComposeProject: l.Config.Adopt.ComposeProject, ContainerPrefix: l.Config.ContainerPrefix, TestflingerServer: l.Config.Testflinger.Server, MQTTPrefix: orDefault(l.Config.MQTT.Prefix, "labsync/"+l.Name)}
 	if d.Revision == "" {
 		d.Revision = "dir-" + l.Digest[:12]
 	}
@@ -132,8 +132,8 @@ func Compile(l *Lab, opts CompileOptions) *Desired {
 			d.Volumes = append(d.Volumes, vs)
 		}
 	}
-	if usedNets[l.Name+"_default"] && !hasNetwork(d.Networks, l.Name+"_default") {
-		ns := NetworkSpec{Key: "default", Name: l.Name + "_default"}
+	if def := l.objectName("default"); usedNets[def] && !hasNetwork(d.Networks, def) {
+		ns := NetworkSpec{Key: "default", Name: def}
 		ns.Hash = hashJSON(ns)
 		d.Networks = append(d.Networks, ns)
 	}
@@ -165,7 +165,7 @@ func (l *Lab) networkName(key string) string {
 			return sn.Name
 		}
 	}
-	return l.Name + "_" + key
+	return l.objectName(key)
 }
 
 func (l *Lab) agentNetworks() map[string]NetworkAttach {

@@ -30,8 +30,16 @@ func (l *Lab) volumeName(key string) string {
 	if name := a.Volumes[key]; name != "" {
 		return name
 	}
-	if a.ComposeProject != "" {
-		return a.ComposeProject + "_" + key
+	return l.objectName(key)
+}
+
+// objectName is the Docker name of a network or volume of the compose
+// file that does not name it: <lab>_<key>, or the compose project's
+// <project>_<key> when the lab took that project over (its networks and
+// volumes are reused as they are).
+func (l *Lab) objectName(key string) string {
+	if p := l.Config.Adopt.ComposeProject; p != "" {
+		return p + "_" + key
 	}
 	return l.Name + "_" + key
 }
@@ -289,7 +297,7 @@ func (l *Lab) loadStack() {
 			}
 		case "networks":
 			for _, p := range yamlcheck.Pairs(v) {
-				sn := &StackNetwork{Key: p.Key, Line: p.KeyN.Line, Name: explicitName(p.Value, l.Name+"_"+p.Key)}
+				sn := &StackNetwork{Key: p.Key, Line: p.KeyN.Line, Name: explicitName(p.Value, l.objectName(p.Key))}
 				switch {
 				case slices.Contains(dockerNetworks, sn.Name):
 					l.d.errorf(file, p.KeyN.Line, "network '%s' is named %s, one of Docker's own networks; labsync creates the networks it uses, so give it another name", p.Key, sn.Name)
@@ -348,7 +356,7 @@ func (l *Lab) loadStack() {
 		if sn := st.Networks[key]; sn != nil {
 			sn.Config = nc
 		} else if key == "default" {
-			st.Networks[key] = &StackNetwork{Key: key, Name: l.Name + "_default", Config: nc}
+			st.Networks[key] = &StackNetwork{Key: key, Name: l.objectName(key), Config: nc}
 		}
 	}
 	for _, key := range sortedKeys(l.Config.Adopt.Volumes) {

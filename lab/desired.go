@@ -50,6 +50,8 @@ type Desired struct {
 	Broker *StackBroker
 	// Agents holds what the submit bridge needs of each enabled agent.
 	Agents map[string]AgentInfo
+	// ContainerPrefix begins every agent's container name.
+	ContainerPrefix string
 	// ComposeProject is the compose project the lab ran as before, whose
 	// containers a takeover replaces.
 	ComposeProject string

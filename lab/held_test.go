@@ -101,3 +101,18 @@ func TestDeviceIPEnvMismatchIsAWarning(t *testing.T) {
 	}
 	t.Fatalf("no warning at sut/beta_snappy.yaml:3 in:\n%s", l.Diagnostics)
 }
+
+// With the agents' folder at the repository root, lab.yaml and the compose
+// file are still the lab's own files: their errors block, never hold.
+func TestAgentsDirAtTheRootStillBlocks(t *testing.T) {
+	fsys := fstest.MapFS{
+		"lab.yaml":            {Data: []byte("agents:\n  dir: .\n")},
+		"alpha.conf":          {Data: []byte(confAlpha)},
+		"docker-compose.yaml": {Data: []byte("services:\n  web:\n    image: nginx\n    bogus: 1\n")},
+	}
+	l, err := lab.Load(fsys, lab.LoadOptions{DefaultName: "lab1"})
+	var verr *lab.ValidationError
+	if !errors.As(err, &verr) || len(l.Held) != 0 {
+		t.Fatalf("Load = %v, held %v; want the lab blocked\n%s", err, l.HeldNames(), l.Diagnostics)
+	}
+}

@@ -102,7 +102,10 @@ type Lab struct {
 	budget   budget
 	// lines indexes the keys of files for line lookups; listings and
 	// builds cache what several services share.
-	lines    map[string]map[string]int
+	lines map[string]map[string]int
+	// sutFiles maps each file the SUT loader read to its SUT: the files
+	// whose errors hold that SUT rather than block the lab.
+	sutFiles map[string]string
 	listings map[string]listing
 	builds   map[string]*BuildContext
 	mounted  map[string]*SourceFile
@@ -169,7 +172,7 @@ func Load(fsys fs.FS, opts LoadOptions) (*Lab, error) {
 // memory.
 func LoadContext(ctx context.Context, fsys fs.FS, opts LoadOptions) (*Lab, error) {
 	l := &Lab{ctx: ctx, fsys: fsys, maxSize: opts.MaxFileSize, files: map[string][]byte{}, dirs: map[string][]fs.DirEntry{},
-		lines: map[string]map[string]int{}, listings: map[string]listing{}, builds: map[string]*BuildContext{}, mounted: map[string]*SourceFile{},
+		lines: map[string]map[string]int{}, sutFiles: map[string]string{}, listings: map[string]listing{}, builds: map[string]*BuildContext{}, mounted: map[string]*SourceFile{},
 		budget: budget{maxFiles: opts.MaxFiles, maxBytes: opts.MaxBytes}}
 	if l.maxSize <= 0 {
 		l.maxSize = MaxFileSize
@@ -211,17 +214,14 @@ func LoadContext(ctx context.Context, fsys fs.FS, opts LoadOptions) (*Lab, error
 // the SUTs that have errors: a lab of many devices is many independent
 // things, and one broken file must not stop the others.
 func (l *Lab) scope() {
-	dir := l.agentsDir()
 	l.Held = map[string]Diagnostics{}
 	for i := range l.d.list {
 		d := &l.d.list[i]
 		if d.Severity != SeverityError || d.labWide {
 			continue
 		}
-		if d.SUT == "" && path.Dir(d.File) == dir {
-			if name, kind := sutFileKind(path.Base(d.File)); kind != "" {
-				d.SUT = name
-			}
+		if d.SUT == "" {
+			d.SUT = l.sutFiles[d.File]
 		}
 		if d.SUT != "" {
 			l.Held[d.SUT] = append(l.Held[d.SUT], *d)
@@ -230,6 +230,16 @@ func (l *Lab) scope() {
 	for _, ds := range l.Held {
 		ds.sort()
 	}
+}
+
+// ownFile reports whether file is one of the lab's own files (lab.yaml,
+// the compose file), never a SUT's, even in an agents folder at the root.
+func (l *Lab) ownFile(file string) bool {
+	if file == "lab.yaml" || slices.Contains(StackFiles, file) {
+		return true
+	}
+	stack, _ := l.stackFile()
+	return file == stack
 }
 
 // HeldNames returns the held SUTs, sorted.

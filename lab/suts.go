@@ -69,7 +69,13 @@ func (l *Lab) loadSUTs() {
 			l.d.warnf(file, 0, "folder inside %s/ is ignored", dir)
 			continue
 		}
+		if l.ownFile(file) {
+			continue // lab.yaml or the compose file, in an agents folder at the root
+		}
 		name, kind := sutFileKind(e.Name())
+		if kind != "" {
+			l.sutFiles[file] = name
+		}
 		if kind == "" {
 			l.d.warnf(file, 0, "stray file ignored; %s/ holds <name>.conf, <name>_snappy.yaml, <name>.yaml and <name>.lab.yaml", dir)
 			continue

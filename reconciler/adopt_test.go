@@ -88,7 +88,7 @@ func TestForeignLookupOnlyWhenCreating(t *testing.T) {
 		}
 	}
 	obs.Networks = nil
-	obs.Networks = append(obs.Networks, runtime.ObservedNetwork{Name: "newlab_default", Hash: d.Networks[0].Hash})
+	obs.Networks = append(obs.Networks, runtime.ObservedNetwork{Name: d.Networks[0].Name, Hash: d.Networks[0].Hash})
 	p, err := reconciler.PlanHost(context.Background(), d, obs, reconciler.PlanOptions{}, lister)
 	if err != nil {
 		t.Fatal(err)
@@ -104,5 +104,66 @@ func TestForeignLookupOnlyWhenCreating(t *testing.T) {
 	}())
 	if _, err := reconciler.PlanHost(context.Background(), d2, obs, reconciler.PlanOptions{}, lister); err != nil || calls != 1 {
 		t.Errorf("plan with a create: %v, %d lookups", err, calls)
+	}
+}
+
+// The old stack's network (with its fixed subnet) is reused as it is:
+// blocked without --adopt, with the containers that join it; taken over
+// with it.
+func TestAdoptReusesTheOldNetwork(t *testing.T) {
+	d := compile(t, adoptLab())
+	obs := &runtime.Observed{Images: map[string]string{"agent:1": "sha256:a", "redis:7": "sha256:r"}}
+	old := &runtime.Foreign{Networks: []string{"oldstack_default"}}
+	p := reconciler.Plan(d, obs, reconciler.PlanOptions{Foreign: old})
+	if got := strings.Join(actionsOf(p), ","); got != "create-volume data" {
+		t.Errorf("plan without --adopt = %v", got)
+	}
+	if len(p.Blocked) != 4 { // the network, redis, alpha, beta
+		t.Errorf("blocked = %+v", p.Blocked)
+	}
+	p = reconciler.Plan(d, obs, reconciler.PlanOptions{Foreign: old, Adopt: true})
+	if got := strings.Join(actionsOf(p), ","); got != "adopt-network default,create-volume data,create redis,create alpha,create beta" {
+		t.Errorf("plan with --adopt = %v", got)
+	}
+	// Once the lab's containers are on it, it is the lab's.
+	obs = observedFrom(d)
+	for i := range obs.Containers {
+		obs.Containers[i].Networks = []string{"oldstack_default"}
+	}
+	obs.Networks = nil
+	obs.Volumes = append(obs.Volumes, runtime.ObservedVolume{Name: "oldstack_data"})
+	if p := reconciler.Plan(d, obs, reconciler.PlanOptions{}); !p.Empty() || len(p.Blocked) > 0 {
+		t.Errorf("after the takeover: %v, blocked %v", actionsOf(p), p.Blocked)
+	}
+}
+
+// A takeover interrupted after the old container was set aside is finished
+// by the next adopting pass, as an interrupted recreate is: the set-aside
+// container carries no labels, and only the lookup finds it.
+func TestInterruptedTakeoverIsFinished(t *testing.T) {
+	d := compile(t, adoptLab())
+	aside := runtime.ObservedContainer{ID: "c-old", Name: "alpha" + runtime.AsideSuffix, Image: "old-agent", State: "exited"}
+	foreign := &runtime.Foreign{Containers: []runtime.ObservedContainer{aside}}
+
+	// Crashed before the new container was made.
+	obs := observedFrom(d)
+	var rest []runtime.ObservedContainer
+	for _, c := range obs.Containers {
+		if c.Object != "alpha" {
+			rest = append(rest, c)
+		}
+	}
+	obs.Containers = rest
+	p := reconciler.Plan(d, obs, reconciler.PlanOptions{Foreign: foreign, Adopt: true})
+	if got := strings.Join(actionsOf(p), ","); got != "recreate alpha" || p.Actions[0].Old.ID != "c-old" {
+		t.Errorf("set aside, no new container: %v", got)
+	}
+
+	// Crashed after the new container was made: check it, then remove the
+	// old one.
+	obs = observedFrom(d)
+	p = reconciler.Plan(d, obs, reconciler.PlanOptions{Foreign: foreign, Adopt: true})
+	if got := strings.Join(actionsOf(p), ","); got != "finish-recreate alpha" || p.Actions[0].Old.ID != "c-old" {
+		t.Errorf("set aside beside the new container: %v", got)
 	}
 }

@@ -20,6 +20,7 @@ type Engine interface {
 	RemoveNetwork(ctx context.Context, id string) error
 	CreateVolume(ctx context.Context, labName string, v lab.VolumeSpec) error
 	AdoptVolume(ctx context.Context, name string) error
+	AdoptNetwork(ctx context.Context, name string) error
 	BuildImage(ctx context.Context, labName string, img lab.ImageSpec) error
 	CreateContainer(ctx context.Context, spec *lab.ContainerSpec, opts runtime.CreateOptions) (string, error)
 	StartContainer(ctx context.Context, id string) error
@@ -330,6 +331,8 @@ func (a *applier) do(ctx context.Context, act *Action) (Status, error) {
 		return done(a.eng.CreateVolume(ctx, a.plan.Lab, *act.Volume))
 	case AdoptVolume:
 		return done(a.eng.AdoptVolume(ctx, act.Target))
+	case AdoptNetwork:
+		return done(a.eng.AdoptNetwork(ctx, act.Target))
 	case BuildImage:
 		err := a.eng.BuildImage(ctx, a.plan.Lab, *act.Image)
 		if err == nil {

@@ -56,9 +56,9 @@ type ControllerOptions struct {
 	MinBackoff, MaxBackoff time.Duration
 	// ForcePrune lets passes remove orphans past the prune guard.
 	ForcePrune bool
-	// Adopt takes over, until a pass has applied cleanly, the containers
-	// and volumes labsync did not make that stand in its way (the old
-	// stack's): see PlanOptions.Adopt.
+	// Adopt takes over the containers, volumes and networks labsync did
+	// not make that stand in its way (the old stack's), in every pass: see
+	// PlanOptions.Adopt. It is meant for the takeover; drop it after.
 	Adopt  bool
 	Apply  ApplyOptions
 	Logger *slog.Logger
@@ -175,15 +175,6 @@ type Controller struct {
 	nextID     int64
 	status     LabStatus
 	failures   int
-	// adopted is set once a pass applied cleanly: --adopt is done.
-	adopted bool
-}
-
-// adopting reports whether passes still take over what stands in the way.
-func (c *Controller) adopting() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.opts.Adopt && !c.adopted
 }
 
 // NewController makes a controller; Run starts it.
@@ -500,7 +491,7 @@ func (c *Controller) stepConverge(ctx context.Context, run *Run, cleanSlate bool
 	if err != nil {
 		return err
 	}
-	opts := PlanOptions{ForcePrune: c.opts.ForcePrune, Adopt: c.adopting()}
+	opts := PlanOptions{ForcePrune: c.opts.ForcePrune, Adopt: c.opts.Adopt}
 	if cleanSlate {
 		opts.Recreate = c.idleAgents(ctx, desired)
 	}
@@ -544,11 +535,7 @@ func (c *Controller) stepConverge(ctx context.Context, run *Run, cleanSlate bool
 			return err
 		}
 	}
-	if run.Result == ResultOK && !run.actionsFailed {
-		c.mu.Lock()
-		c.adopted = true
-		c.mu.Unlock()
-	}
+
 	c.setObserved(ctx, obs)
 	c.mu.Lock()
 	c.status.Plan = plan

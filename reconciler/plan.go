@@ -5,10 +5,8 @@
 package reconciler
 
 import (
-	"context"
 	"fmt"
 	"math"
-	"slices"
 	"sort"
 
 	"github.com/labsync/labsync/lab"
@@ -28,6 +26,7 @@ const (
 	Finish        ActionKind = "finish-recreate"
 	Adopt         ActionKind = "adopt"
 	AdoptVolume   ActionKind = "adopt-volume"
+	AdoptNetwork  ActionKind = "adopt-network"
 	Restore       ActionKind = "restore"
 	Stop          ActionKind = "stop"
 	Start         ActionKind = "start"
@@ -86,8 +85,9 @@ type Changeset struct {
 	// over only with --adopt.
 	Blocked []Blocked `json:"blocked,omitempty"`
 
-	desired        *lab.Desired
-	blockedVolumes map[string]bool
+	desired *lab.Desired
+	// blocked are the networks and volumes in the way, by Docker name.
+	blocked map[string]bool
 }
 
 // Blocked is an object that a container or volume labsync did not make
@@ -156,10 +156,26 @@ func Plan(desired *lab.Desired, observed *runtime.Observed, opts PlanOptions) *C
 	for _, n := range observed.Networks {
 		obsNets[n.Name] = n
 	}
+	// A network labsync did not make, taken over earlier: the lab's
+	// containers are attached to it.
+	attached := map[string]bool{}
+	for _, c := range observed.Containers {
+		for _, n := range c.Networks {
+			attached[n] = true
+		}
+	}
+	var foreignNets, foreignVols []string
+	if opts.Foreign != nil {
+		foreignNets, foreignVols = opts.Foreign.Networks, opts.Foreign.Volumes
+	}
+	p.blocked = map[string]bool{}
 	for i := range desired.Networks {
 		n := &desired.Networks[i]
 		o, ok := obsNets[n.Name]
 		switch {
+		case !ok && attached[n.Name]:
+			p.Unchanged = append(p.Unchanged, "network/"+n.Name)
+		case !ok && p.adoptOrBlock(KindNetwork, n.Key, n.Name, foreignNets, opts.Adopt):
 		case !ok:
 			p.add(Action{Kind: CreateNetwork, ObjectKind: KindNetwork, Object: n.Key, Target: n.Name, Network: n, Reasons: []string{"declared, not on this host"}})
 		case o.Hash != n.Hash:
@@ -179,22 +195,13 @@ func Plan(desired *lab.Desired, observed *runtime.Observed, opts PlanOptions) *C
 			obsVols[v] = true
 		}
 	}
-	p.blockedVolumes = map[string]bool{}
 	for i := range desired.Volumes {
 		v := &desired.Volumes[i]
 		if obsVols[v.Name] {
 			p.Unchanged = append(p.Unchanged, "volume/"+v.Name)
 			continue
 		}
-		if opts.Foreign != nil && slices.Contains(opts.Foreign.Volumes, v.Name) {
-			if opts.Adopt {
-				p.add(Action{Kind: AdoptVolume, ObjectKind: KindVolume, Object: v.Key, Target: v.Name, Volume: v,
-					Reasons: []string{fmt.Sprintf("volume %s exists and was not made by labsync: reused with its data, never emptied", v.Name)}})
-				continue
-			}
-			p.blockedVolumes[v.Name] = true
-			p.Blocked = append(p.Blocked, Blocked{Kind: KindVolume, Object: v.Key, By: v.Name,
-				Reason: fmt.Sprintf("volume %s exists and was not made by labsync; apply with --adopt to reuse it with its data", v.Name)})
+		if p.adoptOrBlock(KindVolume, v.Key, v.Name, foreignVols, opts.Adopt) {
 			continue
 		}
 		p.add(Action{Kind: CreateVolume, ObjectKind: KindVolume, Object: v.Key, Target: v.Name, Volume: v, Reasons: []string{"declared, not on this host"}})
@@ -209,7 +216,7 @@ func Plan(desired *lab.Desired, observed *runtime.Observed, opts PlanOptions) *C
 	}
 
 	declared := map[objKey]bool{}
-	heldDevices := p.holdAgents(desired, byObject, declared)
+	heldDevices := p.holdAgents(desired, byObject, declared, opts.Foreign)
 	for i := range desired.Containers {
 		spec := &desired.Containers[i]
 		k := objKey{spec.Kind, spec.Name}
@@ -220,7 +227,7 @@ func Plan(desired *lab.Desired, observed *runtime.Observed, opts PlanOptions) *C
 			p.hold(spec.Name, byObject[k], fmt.Sprintf("device %s is driven by the container of %s, which is held; this agent waits until %s is fixed or gone", spec.Device, owner, owner))
 			continue
 		}
-		p.planContainer(spec, byObject[k], observed.Images, opts)
+		p.planContainer(spec, append(byObject[k], foreignAside(spec, opts)...), observed.Images, opts)
 	}
 	sort.Slice(p.Held, func(i, j int) bool { return p.Held[i].Name < p.Held[j].Name })
 
@@ -235,7 +242,7 @@ func (p *Changeset) add(a Action) { p.Actions = append(p.Actions, a) }
 // holdAgents records the held agents of desired, marks them declared (so
 // their containers are not orphans, and the prune guard counts them as
 // present), and returns the devices their containers drive.
-func (p *Changeset) holdAgents(desired *lab.Desired, byObject map[objKey][]runtime.ObservedContainer, declared map[objKey]bool) map[string]string {
+func (p *Changeset) holdAgents(desired *lab.Desired, byObject map[objKey][]runtime.ObservedContainer, declared map[objKey]bool, foreign *runtime.Foreign) map[string]string {
 	devices := map[string]string{}
 	names := make([]string, 0, len(desired.Held))
 	for name := range desired.Held {
@@ -249,7 +256,16 @@ func (p *Changeset) holdAgents(desired *lab.Desired, byObject map[objKey][]runti
 		for _, d := range desired.Held[name] {
 			reasons = append(reasons, d.String())
 		}
-		p.hold(name, byObject[k], reasons...)
+		found := byObject[k]
+		if foreign != nil && len(found) == 0 {
+			// The old stack's container of a held SUT: kept as it is too.
+			for _, c := range foreign.Containers {
+				if c.Name == desired.ContainerPrefix+name {
+					found = append(found, c)
+				}
+			}
+		}
+		p.hold(name, found, reasons...)
 		for _, c := range byObject[k] {
 			if c.Device != "" {
 				devices[c.Device] = name
@@ -359,104 +375,6 @@ func (p *Changeset) planContainer(spec *lab.ContainerSpec, found []runtime.Obser
 		a.Reasons = []string{"declared in " + sourceList(spec) + ", no container yet"}
 		p.add(a)
 	}
-}
-
-// inTheWay plans what stands in the way of creating spec, when anything
-// does: a container labsync did not make with its name (the old stack's
-// agents) or of its compose service (the old stack's services), or a
-// volume it mounts that labsync did not make. With Adopt the container is
-// taken over stop-first; without, the object is blocked and the plan says
-// how to take it over.
-func (p *Changeset) inTheWay(spec *lab.ContainerSpec, base Action, opts PlanOptions) bool {
-	for _, m := range spec.Mounts {
-		if m.Type == "volume" && p.blockedVolumes[m.Source] {
-			p.Blocked = append(p.Blocked, Blocked{Kind: string(spec.Kind), Object: spec.Name, By: m.Source,
-				Reason: fmt.Sprintf("mounts volume %s, which labsync did not make; apply with --adopt to reuse it", m.Source)})
-			return true
-		}
-	}
-	if opts.Foreign == nil {
-		return false
-	}
-	var theirs []runtime.ObservedContainer
-	for _, c := range opts.Foreign.Containers {
-		byName := c.Name == spec.ContainerName || c.Name == spec.ContainerName+runtime.AsideSuffix
-		byService := spec.Kind == lab.KindService && p.desired.ComposeProject != "" &&
-			c.ComposeProject == p.desired.ComposeProject && c.ComposeService == spec.Name
-		if byName || byService {
-			theirs = append(theirs, c)
-		}
-	}
-	if len(theirs) == 0 {
-		return false
-	}
-	// The one to replace: the one with the name, else a running one.
-	sort.SliceStable(theirs, func(i, j int) bool {
-		a, b := theirs[i], theirs[j]
-		if (a.Name == spec.ContainerName) != (b.Name == spec.ContainerName) {
-			return a.Name == spec.ContainerName
-		}
-		return a.State == "running" && b.State != "running"
-	})
-	old := theirs[0]
-	what := fmt.Sprintf("container %s (image %s, %s", old.Name, old.Image, old.State)
-	if old.ComposeProject != "" {
-		what += ", compose project " + old.ComposeProject
-	}
-	what += ") was not made by labsync"
-	if !opts.Adopt {
-		p.Blocked = append(p.Blocked, Blocked{Kind: string(spec.Kind), Object: spec.Name, By: old.Name,
-			Reason: what + "; apply with --adopt (or labsync serve --adopt) to take it over: it is stopped and set aside, then removed once the new one runs"})
-		return true
-	}
-	a := base
-	a.Kind = Adopt
-	a.Old = &old
-	a.Leftovers = theirs[1:]
-	a.Reasons = []string{what + ": taken over stop-first, set aside until the new container runs, then removed"}
-	p.add(a)
-	return true
-}
-
-// ForeignLister lists what labsync did not make: runtime.Client.Foreign.
-type ForeignLister func(ctx context.Context, o runtime.ForeignOptions) (*runtime.Foreign, error)
-
-// PlanHost plans as Plan does and, when the plan creates something, looks
-// for what labsync did not make in the way of it (one to three list calls)
-// and plans again with it. A plan that creates nothing costs no call.
-func PlanHost(ctx context.Context, desired *lab.Desired, observed *runtime.Observed, opts PlanOptions, foreign ForeignLister) (*Changeset, error) {
-	p := Plan(desired, observed, opts)
-	q := p.ForeignQuery()
-	if q.Empty() || foreign == nil {
-		return p, nil
-	}
-	f, err := foreign(ctx, q)
-	if err != nil {
-		return nil, err
-	}
-	opts.Foreign = f
-	return Plan(desired, observed, opts), nil
-}
-
-// ForeignQuery says what to look for before a plan creates something: the
-// names it creates containers and volumes under, and the compose project
-// the lab ran as. It is empty for a plan that creates nothing.
-func (p *Changeset) ForeignQuery() runtime.ForeignOptions {
-	var o runtime.ForeignOptions
-	services := false
-	for _, a := range p.Actions {
-		switch a.Kind {
-		case Create:
-			o.Names = append(o.Names, a.Target)
-			services = services || a.ObjectKind == string(lab.KindService)
-		case CreateVolume:
-			o.Volumes = append(o.Volumes, a.Target)
-		}
-	}
-	if services && p.desired != nil {
-		o.ComposeProject = p.desired.ComposeProject
-	}
-	return o
 }
 
 func leftoverReasons(l []runtime.ObservedContainer) []string {
@@ -601,6 +519,8 @@ func phase(a Action) int {
 		return phaseNetworks
 	case CreateVolume, AdoptVolume:
 		return phaseVolumes
+	case AdoptNetwork:
+		return phaseNetworks
 	case BuildImage:
 		return phaseImages
 	case RemoveNetwork:

@@ -12,9 +12,12 @@ import (
 func (p *Changeset) WriteTable(w io.Writer) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "Lab %s at revision %s\n\n", p.Lab, p.Revision)
-	if p.Empty() {
+	switch {
+	case p.Empty() && len(p.Held)+len(p.Blocked) > 0:
+		b.WriteString("No actions: what is held or blocked (below) stays as it is.\n")
+	case p.Empty():
 		b.WriteString("No changes: the host matches the lab.\n")
-	} else {
+	default:
 		tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "ACTION\tKIND\tOBJECT\tTARGET\tREASON")
 		for _, a := range p.Actions {
@@ -32,7 +35,7 @@ func (p *Changeset) WriteTable(w io.Writer) error {
 	if len(p.Held) > 0 {
 		fmt.Fprintf(&b, "\nHeld (%d): neither created, changed nor removed until their files are fixed; their containers run as they are:\n", len(p.Held))
 		for _, h := range p.Held {
-			c := "no container"
+			c := "no labsync container"
 			if h.Container != "" {
 				c = "container " + h.Container + " kept"
 			}

@@ -9,6 +9,7 @@ import (
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/api/types/volume"
 )
 
@@ -26,6 +27,7 @@ const (
 type Foreign struct {
 	Containers []ObservedContainer
 	Volumes    []string
+	Networks   []string
 }
 
 // ForeignOptions say what to look for.
@@ -36,17 +38,18 @@ type ForeignOptions struct {
 	// ComposeProject, when set, also finds the containers of that compose
 	// project; Compose's labels say which service each is.
 	ComposeProject string
-	// Volumes are volume names.
-	Volumes []string
+	// Volumes and Networks are volume and network names.
+	Volumes  []string
+	Networks []string
 }
 
 // Empty reports whether there is nothing to look for.
 func (o ForeignOptions) Empty() bool {
-	return len(o.Names) == 0 && o.ComposeProject == "" && len(o.Volumes) == 0
+	return len(o.Names) == 0 && o.ComposeProject == "" && len(o.Volumes) == 0 && len(o.Networks) == 0
 }
 
 // Foreign lists the containers and volumes that labsync did not make and
-// that carry the names (or the compose project) of o. At most three list
+// that carry the names (or the compose project) of o. At most four list
 // calls; none for an empty o.
 func (c *Client) Foreign(ctx context.Context, o ForeignOptions) (*Foreign, error) {
 	out := &Foreign{}
@@ -106,9 +109,39 @@ func (c *Client) Foreign(ctx context.Context, o ForeignOptions) (*Foreign, error
 			}
 		}
 	}
+	if len(o.Networks) > 0 {
+		want := map[string]bool{}
+		f := filters.NewArgs()
+		for _, n := range o.Networks {
+			want[n] = true
+			f.Add("name", n)
+		}
+		ns, err := c.api.NetworkList(ctx, network.ListOptions{Filters: f})
+		if err != nil {
+			return nil, fmt.Errorf("list networks by name: %w", err)
+		}
+		for _, n := range ns {
+			if want[n.Name] && n.Labels[LabelManaged] != "true" {
+				out.Networks = append(out.Networks, n.Name)
+			}
+		}
+	}
 	sort.Slice(out.Containers, func(i, j int) bool { return out.Containers[i].Name < out.Containers[j].Name })
 	sort.Strings(out.Volumes)
+	sort.Strings(out.Networks)
 	return out, nil
+}
+
+// AdoptNetwork checks that a network labsync did not make exists, to
+// attach the lab's containers to it as it is (the old stack's network, its
+// subnet and addresses): its labels cannot be changed, so the lab's
+// containers on it are the record that it was taken over.
+func (c *Client) AdoptNetwork(ctx context.Context, name string) error {
+	if _, err := c.api.NetworkInspect(ctx, name, network.InspectOptions{}); err != nil {
+		return fmt.Errorf("adopt network %s: %w", name, err)
+	}
+	c.log.Info("network taken over as it is", "network", name)
+	return nil
 }
 
 // regexpQuote escapes the characters of a container name that a name

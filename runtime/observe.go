@@ -48,8 +48,10 @@ type ObservedContainer struct {
 	Aside bool
 	// Device is the device address an agent drives.
 	Device string
-	// Volumes are the named volumes the container mounts.
-	Volumes []string
+	// Volumes are the named volumes the container mounts; Networks the
+	// networks it is attached to.
+	Volumes  []string
+	Networks []string
 	// ComposeProject and ComposeService are Compose's labels, on a
 	// container labsync did not make (see Foreign).
 	ComposeProject string
@@ -149,6 +151,12 @@ func observedContainer(s container.Summary) ObservedContainer {
 		if m.Type == "volume" && m.Name != "" {
 			oc.Volumes = append(oc.Volumes, m.Name)
 		}
+	}
+	if s.NetworkSettings != nil {
+		for name := range s.NetworkSettings.Networks {
+			oc.Networks = append(oc.Networks, name)
+		}
+		sort.Strings(oc.Networks)
 	}
 	if f := s.Labels[LabelFields]; f != "" {
 		_ = json.Unmarshal([]byte(f), &oc.Fields) // an unreadable label only loses detail in reasons
