@@ -123,6 +123,17 @@ type NetworkSpec struct {
 	Hash       string            `json:"-"`
 }
 
+// Subnets are the network's declared subnets.
+func (n NetworkSpec) Subnets() []string {
+	var out []string
+	for _, p := range n.IPAM {
+		if p.Subnet != "" {
+			out = append(out, p.Subnet)
+		}
+	}
+	return out
+}
+
 // IPAMPool is one address pool of a network.
 type IPAMPool struct {
 	Subnet  string `json:"subnet,omitempty"`

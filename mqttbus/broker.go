@@ -77,17 +77,38 @@ func StartBroker(o BrokerOptions) (*Broker, error) {
 		return nil, fmt.Errorf("embedded broker: %w", err)
 	}
 	if o.AgentSocket != "" {
-		if err := os.MkdirAll(filepath.Dir(o.AgentSocket), 0o755); err != nil {
-			return nil, fmt.Errorf("embedded broker: agents' socket: %w", err)
-		}
-		if err := b.srv.AddListener(listeners.NewUnixSock(listeners.Config{ID: agentsListener, Address: o.AgentSocket})); err != nil {
-			return nil, fmt.Errorf("embedded broker: agents' socket: %w", err)
+		if err := listenAgents(b.srv, o.AgentSocket); err != nil {
+			_ = b.srv.Close()
+			return nil, fmt.Errorf("embedded broker: agents' socket %s: %w", o.AgentSocket, err)
 		}
 	}
 	if err := b.srv.Serve(); err != nil {
 		return nil, fmt.Errorf("embedded broker: %w", err)
 	}
 	return b, nil
+}
+
+// maxSocketPath is the longest path of a unix socket on Linux.
+const maxSocketPath = 107
+
+// listenAgents adds the agents' socket: a folder any agent container's
+// user can enter and a socket any of them can connect to (the ACL, not
+// the file mode, says what they may do), whatever labsync's umask.
+func listenAgents(srv *mochi.Server, path string) error {
+	if len(path) > maxSocketPath {
+		return fmt.Errorf("the path is %d bytes, over the %d a unix socket may have: use a shorter --data-dir", len(path), maxSocketPath)
+	}
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return err
+	}
+	if err := srv.AddListener(listeners.NewUnixSock(listeners.Config{ID: agentsListener, Address: path})); err != nil {
+		return err
+	}
+	return os.Chmod(path, 0o666)
 }
 
 // Credentials are the user name and password of labsync's own client,

@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -407,5 +408,30 @@ func TestBrokerAgentSocket(t *testing.T) {
 	anon := testenv.Subscribe(t, b.URL(), "unused")
 	if checkPublish(t, reader, anon, self, "dut2/agent", "anonymous") {
 		t.Error("an anonymous TCP client published an agent topic")
+	}
+}
+
+// The agents' socket is usable by any container user whatever labsync's
+// umask, and a path too long for a unix socket is refused with what to do.
+func TestBrokerAgentSocketModeAndLength(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "mqtt")
+	func() {
+		defer syscall.Umask(syscall.Umask(0o077))
+		startBroker(t, mqttbus.BrokerOptions{AgentSocket: filepath.Join(dir, "agents.sock")})
+	}()
+	for path, want := range map[string]os.FileMode{dir: 0o755, filepath.Join(dir, "agents.sock"): 0o666} {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := fi.Mode().Perm(); got != want {
+			t.Errorf("%s: mode %o, want %o", path, got, want)
+		}
+	}
+
+	long := filepath.Join(t.TempDir(), strings.Repeat("d", 120), "agents.sock")
+	_, err := mqttbus.StartBroker(mqttbus.BrokerOptions{Addr: "127.0.0.1:0", AgentSocket: long})
+	if err == nil || !strings.Contains(err.Error(), "--data-dir") {
+		t.Fatalf("StartBroker with a %d-byte socket path: %v, want an error naming --data-dir", len(long), err)
 	}
 }

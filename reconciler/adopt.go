@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 
 	"github.com/labsync/labsync/lab"
 	"github.com/labsync/labsync/runtime"
@@ -76,11 +77,19 @@ func (p *Changeset) ForeignQuery() runtime.ForeignOptions {
 }
 
 // adoptOrBlock plans a declared network or volume that exists but that
-// labsync did not make: reused with adopt, else blocked. It reports
-// whether name is such a one.
-func (p *Changeset) adoptOrBlock(kind, key, name string, foreign []string, adopt bool) (handled bool) {
+// labsync did not make: reused with adopt, else blocked. subnets are the
+// network's declared subnets, and have is what the existing one has: a
+// network of other subnets is never reused (the lab's static addresses
+// would not fit). It reports whether name is such a one.
+func (p *Changeset) adoptOrBlock(kind, key, name string, foreign []string, adopt bool, subnets, have []string) (handled bool) {
 	if !slices.Contains(foreign, name) {
 		return false
+	}
+	if kind == KindNetwork && len(subnets) > 0 && !sameSet(subnets, have) {
+		p.blocked[name] = true
+		p.Blocked = append(p.Blocked, Blocked{Kind: kind, Object: key, By: name,
+			Reason: fmt.Sprintf("network %s exists and was not made by labsync, with subnet %s where the lab declares %s: declare the same subnet to reuse it, or remove the old network", name, strings.Join(have, ", "), strings.Join(subnets, ", "))})
+		return true
 	}
 	what := "network " + name + " exists and was not made by labsync"
 	act := AdoptNetwork
@@ -99,6 +108,13 @@ func (p *Changeset) adoptOrBlock(kind, key, name string, foreign []string, adopt
 	p.blocked[name] = true
 	p.Blocked = append(p.Blocked, Blocked{Kind: kind, Object: key, By: name, Reason: what + "; apply with --adopt to reuse it"})
 	return true
+}
+
+func sameSet(a, b []string) bool {
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(a, b)
 }
 
 // inTheWay plans what stands in the way of creating spec, when anything
@@ -180,4 +196,11 @@ func foreignAside(spec *lab.ContainerSpec, opts PlanOptions) []runtime.ObservedC
 		}
 	}
 	return nil
+}
+
+func foreignSubnets(f *runtime.Foreign, name string) []string {
+	if f == nil {
+		return nil
+	}
+	return f.NetworkSubnets[name]
 }

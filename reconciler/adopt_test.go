@@ -167,3 +167,23 @@ func TestInterruptedTakeoverIsFinished(t *testing.T) {
 		t.Errorf("set aside beside the new container: %v", got)
 	}
 }
+
+// An old network whose subnet is not the lab's is not taken over: the lab's
+// static addresses would not fit it.
+func TestAdoptRefusesANetworkOfAnotherSubnet(t *testing.T) {
+	fsys := adoptLab()
+	fsys["docker-compose.yaml"] = &fstest.MapFile{Data: []byte("services:\n  redis:\n    image: redis:7\n    networks: {lab: {ipv4_address: 10.9.0.5}}\nnetworks:\n  lab:\n    ipam: {config: [{subnet: 10.9.0.0/24}]}\n")}
+	d := compile(t, fsys)
+	obs := &runtime.Observed{Images: map[string]string{"agent:1": "sha256:a", "redis:7": "sha256:r"}}
+	for _, subnet := range []string{"10.9.0.0/24", "10.8.0.0/24"} {
+		old := &runtime.Foreign{Networks: []string{"oldstack_lab"}, NetworkSubnets: map[string][]string{"oldstack_lab": {subnet}}}
+		p := reconciler.Plan(d, obs, reconciler.PlanOptions{Foreign: old, Adopt: true})
+		adopted := strings.Contains(strings.Join(actionsOf(p), ","), "adopt-network lab")
+		if adopted != (subnet == "10.9.0.0/24") {
+			t.Errorf("old subnet %s: adopted %v; actions %v, blocked %+v", subnet, adopted, actionsOf(p), p.Blocked)
+		}
+		if !adopted && (len(p.Blocked) == 0 || !strings.Contains(p.Blocked[0].Reason, subnet)) {
+			t.Errorf("old subnet %s: blocked %+v", subnet, p.Blocked)
+		}
+	}
+}

@@ -56,6 +56,10 @@ type ControllerOptions struct {
 	MinBackoff, MaxBackoff time.Duration
 	// ForcePrune lets passes remove orphans past the prune guard.
 	ForcePrune bool
+	// AgentMQTTDir, when set, says where the embedded broker's agents'
+	// socket is ("" when there is none): new agent containers of a lab
+	// whose stack has no broker get it (see ApplyOptions.AgentMQTTDir).
+	AgentMQTTDir func() string
 	// Adopt takes over the containers, volumes and networks labsync did
 	// not make that stand in its way (the old stack's), in every pass: see
 	// PlanOptions.Adopt. It is meant for the takeover; drop it after.
@@ -506,8 +510,9 @@ func (c *Controller) stepConverge(ctx context.Context, run *Run, cleanSlate bool
 	if !plan.Empty() {
 		aopts := c.opts.Apply
 		aopts.Logger = c.log.With("run_id", run.ID)
-		if desired.Broker != nil {
-			aopts.AgentMQTTDir = "" // the agents report to the stack's broker
+		aopts.AgentMQTTDir = ""
+		if c.opts.AgentMQTTDir != nil && desired.Broker == nil {
+			aopts.AgentMQTTDir = c.opts.AgentMQTTDir()
 		}
 		aopts.ForceBusy = c.busyExpired(desired)
 		if c.opts.AgentIdle != nil && desired.TestflingerServer != "" {
@@ -924,11 +929,10 @@ func (c *Controller) WatchEvents(events <-chan runtime.Event, limit *FlapLimiter
 			continue // nothing to repair
 		}
 		key := e.Kind + "/" + e.Object
-		if c.Status().Passing {
-			// Most likely the pass's own doing; one more pass checks.
-			c.Trigger(fmt.Sprintf("docker: %s %s", e.Name, e.Action))
-			continue
-		}
+		// During a pass it is most likely the pass's own doing, and one
+		// more pass checks; but within the flap limit too, or a pass whose
+		// actions make events (a failed takeover) would run again at once,
+		// past its backoff, forever.
 		if !limit.Allow(key, time.Now()) {
 			c.log.Warn("event ignored: flap limit reached", "object", key, "action", e.Action)
 			continue

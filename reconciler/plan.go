@@ -175,7 +175,7 @@ func Plan(desired *lab.Desired, observed *runtime.Observed, opts PlanOptions) *C
 		switch {
 		case !ok && attached[n.Name]:
 			p.Unchanged = append(p.Unchanged, "network/"+n.Name)
-		case !ok && p.adoptOrBlock(KindNetwork, n.Key, n.Name, foreignNets, opts.Adopt):
+		case !ok && p.adoptOrBlock(KindNetwork, n.Key, n.Name, foreignNets, opts.Adopt, n.Subnets(), foreignSubnets(opts.Foreign, n.Name)):
 		case !ok:
 			p.add(Action{Kind: CreateNetwork, ObjectKind: KindNetwork, Object: n.Key, Target: n.Name, Network: n, Reasons: []string{"declared, not on this host"}})
 		case o.Hash != n.Hash:
@@ -201,7 +201,7 @@ func Plan(desired *lab.Desired, observed *runtime.Observed, opts PlanOptions) *C
 			p.Unchanged = append(p.Unchanged, "volume/"+v.Name)
 			continue
 		}
-		if p.adoptOrBlock(KindVolume, v.Key, v.Name, foreignVols, opts.Adopt) {
+		if p.adoptOrBlock(KindVolume, v.Key, v.Name, foreignVols, opts.Adopt, nil, nil) {
 			continue
 		}
 		p.add(Action{Kind: CreateVolume, ObjectKind: KindVolume, Object: v.Key, Target: v.Name, Volume: v, Reasons: []string{"declared, not on this host"}})

@@ -119,3 +119,73 @@ func containerLogs(t *testing.T, rt *runtime.Client, id string) string {
 	_, _ = stdcopy.StdCopy(&out, &out, io.LimitReader(rc, 1<<20))
 	return out.String()
 }
+
+// An agent whose environment names no broker gets the embedded broker's
+// socket folder and LABSYNC_AGENT_MQTT pointing at it; one that names a
+// broker, in env or as a secret, keeps its own and gets no mount.
+func TestAgentSocketOnlyWithoutOwnBroker(t *testing.T) {
+	testenv.Docker(t) // the gate
+	secrets := t.TempDir()
+	testenv.WriteFiles(t, secrets, map[string]string{"broker": "tcp://secret-broker:1883"})
+	rt, err := runtime.New(runtime.Options{Secrets: runtime.DirSecrets{Dir: secrets}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Close()
+	image := testenv.StandinImage(t, rt)
+	socketDir := t.TempDir()
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name, agents string
+		want         string // LABSYNC_AGENT_MQTT in the container
+		mount        bool
+	}{
+		{"none", "", "unix://" + runtime.AgentMQTTMount + "/" + runtime.AgentMQTTSocket, true},
+		{"env", "  env: {LABSYNC_AGENT_MQTT: 'tcp://mosquitto:1883'}\n", "tcp://mosquitto:1883", false},
+		{"secret", "  secrets: {LABSYNC_AGENT_MQTT: broker}\n", "tcp://secret-broker:1883", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			name := testenv.Name(t)
+			testenv.CleanupLab(t, rt, name)
+			l, err := lab.Load(fstest.MapFS{
+				"lab.yaml":     {Data: []byte("name: " + name + "\ncontainer_prefix: " + name + "-\nagents:\n  image: {name: " + image + "}\n" + tc.agents)},
+				"sut/dut.conf": {Data: []byte("agent_id: dut\nserver_address: http://tf\njob_queues: [dut]\n")},
+			}, lab.LoadOptions{})
+			if err != nil {
+				t.Fatalf("%v\n%s", err, l.Diagnostics)
+			}
+			d := lab.Compile(l, lab.CompileOptions{Revision: "r1"})
+			for _, n := range d.Networks {
+				if err := rt.CreateNetwork(ctx, d.Lab, n); err != nil {
+					t.Fatal(err)
+				}
+			}
+			id, err := rt.CreateContainer(ctx, &d.Containers[0], runtime.CreateOptions{Lab: d.Lab, Revision: d.Revision, AgentMQTTDir: socketDir})
+			if err != nil {
+				t.Fatal(err)
+			}
+			info, err := rt.API().ContainerInspect(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, e := range info.Config.Env {
+				if k, v, _ := strings.Cut(e, "="); k == "LABSYNC_AGENT_MQTT" {
+					got = append(got, v)
+				}
+			}
+			if len(got) != 1 || got[0] != tc.want {
+				t.Errorf("LABSYNC_AGENT_MQTT = %q, want [%s]", got, tc.want)
+			}
+			mounted := false
+			for _, b := range info.HostConfig.Binds {
+				if b == socketDir+":"+runtime.AgentMQTTMount {
+					mounted = true
+				}
+			}
+			if mounted != tc.mount {
+				t.Errorf("socket folder mounted = %v, want %v (binds %v)", mounted, tc.mount, info.HostConfig.Binds)
+			}
+		})
+	}
+}

@@ -149,7 +149,9 @@ func (c *Client) containerConfig(spec *lab.ContainerSpec, opts CreateOptions) (*
 	if spec.Kind == lab.KindAgent && len(spec.Secrets) > 0 {
 		env = agentSecretEnv(env, spec)
 	}
-	agentMQTT := spec.Kind == lab.KindAgent && opts.AgentMQTTDir != "" && spec.Env["LABSYNC_AGENT_MQTT"] == ""
+	_, ownBroker := spec.Env["LABSYNC_AGENT_MQTT"]
+	_, secretBroker := spec.Secrets["LABSYNC_AGENT_MQTT"]
+	agentMQTT := spec.Kind == lab.KindAgent && opts.AgentMQTTDir != "" && !ownBroker && !secretBroker
 	if agentMQTT {
 		env = append(env, "LABSYNC_AGENT_MQTT=unix://"+AgentMQTTMount+"/"+AgentMQTTSocket)
 	}
@@ -323,7 +325,11 @@ func (c *Client) Preflight(ctx context.Context, spec *lab.ContainerSpec, asideNa
 		}
 	}
 	if asideName != "" {
-		if _, err := c.api.ContainerInspect(ctx, asideName); err == nil {
+		if info, err := c.api.ContainerInspect(ctx, asideName); err == nil {
+			if info.Config == nil || info.Config.Labels[LabelManaged] == "" {
+				return fmt.Errorf("cannot set the old container aside: %s exists and labsync did not create it; "+
+					"if an interrupted takeover left it, `labsync apply --adopt` finishes the takeover, else remove or rename it", asideName)
+			}
 			return fmt.Errorf("cannot set the old container aside: %s exists; remove it", asideName)
 		} else if !cerrdefs.IsNotFound(err) {
 			return fmt.Errorf("inspect %s: %w", asideName, err)

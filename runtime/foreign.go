@@ -28,6 +28,8 @@ type Foreign struct {
 	Containers []ObservedContainer
 	Volumes    []string
 	Networks   []string
+	// NetworkSubnets are the subnets of each network in Networks.
+	NetworkSubnets map[string][]string
 }
 
 // ForeignOptions say what to look for.
@@ -123,6 +125,12 @@ func (c *Client) Foreign(ctx context.Context, o ForeignOptions) (*Foreign, error
 		for _, n := range ns {
 			if want[n.Name] && n.Labels[LabelManaged] != "true" {
 				out.Networks = append(out.Networks, n.Name)
+				if out.NetworkSubnets == nil {
+					out.NetworkSubnets = map[string][]string{}
+				}
+				for _, p := range n.IPAM.Config {
+					out.NetworkSubnets[n.Name] = append(out.NetworkSubnets[n.Name], p.Subnet)
+				}
 			}
 		}
 	}

@@ -231,7 +231,14 @@ func TestAdoptTheOldStack(t *testing.T) {
 		}
 		return nil
 	}
-	t.Cleanup(func() { _ = composeCmd("down", "-v", "--remove-orphans") })
+	// labsync's containers first: they hold the adopted network and volume,
+	// which the compose project's down then removes.
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		testenv.RemoveLab(ctx, rt, name)
+		_ = composeCmd("down", "-v", "--remove-orphans")
+	})
 	t.Cleanup(func() {
 		cs, _ := rt.API().ContainerList(context.Background(), container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("name", name+"-dut"))})
 		for _, c := range cs {

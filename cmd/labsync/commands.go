@@ -119,7 +119,11 @@ func loadLab(ctx context.Context, dir string, c *common, stderr io.Writer) (*lab
 	if err != nil {
 		return nil, "", err
 	}
-	l, err := lab.LoadContext(ctx, fsys, lab.LoadOptions{DefaultName: name, Policy: policy, DataRoot: c.dataDir})
+	dataRoot, err := filepath.Abs(c.dataDir) // a host path: the engine needs it whole
+	if err != nil {
+		return nil, "", fmt.Errorf("--data-dir: %w", err)
+	}
+	l, err := lab.LoadContext(ctx, fsys, lab.LoadOptions{DefaultName: name, Policy: policy, DataRoot: dataRoot})
 	if ctx.Err() != nil {
 		return nil, "", ctx.Err()
 	}

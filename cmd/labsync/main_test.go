@@ -147,3 +147,24 @@ func TestApplyBuildsFromFolder(t *testing.T) {
 		t.Fatalf("image not built: %v\n%s\n%s", err, out, errOut)
 	}
 }
+
+// A relative --data-dir is made absolute: the runtime-data folders are host
+// paths the engine takes whole.
+func TestRelativeDataDirIsMadeAbsolute(t *testing.T) {
+	dir := t.TempDir()
+	testenv.WriteFiles(t, dir, map[string]string{
+		"lab.yaml":            "name: rel\n",
+		"docker-compose.yaml": "services:\n  web:\n    image: web:1\n    volumes: ['./log:/data']\n",
+		"log/.gitkeep":        "",
+	})
+	cwd := t.TempDir()
+	t.Chdir(cwd)
+	out, errOut, err := runCmd(t, "validate", "--data-dir", "state", dir)
+	if err != nil {
+		t.Fatalf("validate: %v\n%s", err, errOut)
+	}
+	want := "host folder " + filepath.Join(cwd, "state", "labs", "rel", "log")
+	if !strings.Contains(out, want) {
+		t.Errorf("validate with --data-dir state says\n%s\nwant %q", out, want)
+	}
+}

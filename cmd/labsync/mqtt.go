@@ -100,6 +100,14 @@ func (m *mqttFlags) start(ctx context.Context, dataDir string, log *slog.Logger)
 	return side, nil
 }
 
+// agentSocketDir is the folder of the embedded broker's agents' socket,
+// or "" when agents cannot report there (another broker, or none).
+func (s *mqttSide) agentSocketDir() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.agentDir
+}
+
 // chooseBroker picks the broker at the first status of a lab: --mqtt; else
 // the stack's own broker, on the port it publishes; else the embedded
 // broker, started now. Callers hold s.mu. It reports false when there is
@@ -109,6 +117,7 @@ func (s *mqttSide) chooseBroker(d *lab.Desired) bool {
 		return s.url != ""
 	}
 	if u := d.Broker.URL(); u != "" {
+		s.agentDir = "" // the agents report to the stack's broker
 		s.url = u
 		s.log.Info("MQTT: reporting to the stack's own broker, as its agents do", "service", d.Broker.Service, "broker", u)
 		return true
@@ -123,7 +132,7 @@ func (s *mqttSide) chooseBroker(d *lab.Desired) bool {
 		// A lab host often runs its own Mosquitto on 1883: say how to use
 		// it, and go on without MQTT rather than not at all.
 		s.log.Error("embedded MQTT broker not started; MQTT status is off (give --mqtt tcp://host:1883 to use a running broker, or another --mqtt-listen)", "err", err)
-		s.embedded = false
+		s.embedded, s.agentDir = false, ""
 		return false
 	}
 	s.broker, s.url = b, b.URL()

@@ -144,6 +144,12 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if f.git.repo == "" {
 		return usageError{"serve needs --repo (or LABSYNC_REPO)"}
 	}
+	// Host paths (runtime data, the agents' socket) go to the engine whole.
+	abs, err := filepath.Abs(f.dataDir)
+	if err != nil {
+		return usageError{"--data-dir: " + err.Error()}
+	}
+	f.dataDir = abs
 	log, err := newLogger(f.logLevel, stderr)
 	if err != nil {
 		return err
@@ -216,13 +222,13 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	ctrl := reconciler.NewController(reconciler.ControllerOptions{
 		Source: src, Docker: rt, DefaultName: name, Load: lab.LoadOptions{Policy: policy, DataRoot: f.dataDir},
 		PollInterval: f.pollInterval, MinBackoff: f.minBackoff, MaxBackoff: f.maxBackoff,
-		ForcePrune: f.forcePrune,
-		Adopt:      f.adopt,
-		Apply: reconciler.ApplyOptions{Parallelism: f.parallelism, StopTimeout: f.stopTimeout, IgnoreBusy: f.ignoreBusy, AgentBinary: agentBin,
-			AgentMQTTDir: mq.agentDir},
-		BusyRecheck: f.busyRecheck,
-		Logger:      log,
-		OnRun:       func(r reconciler.Run) { srv.ObserveRun(r); reporter.observe(r, ctrlRef.Load().Status()) },
+		ForcePrune:   f.forcePrune,
+		Adopt:        f.adopt,
+		Apply:        reconciler.ApplyOptions{Parallelism: f.parallelism, StopTimeout: f.stopTimeout, IgnoreBusy: f.ignoreBusy, AgentBinary: agentBin},
+		AgentMQTTDir: mq.agentSocketDir,
+		BusyRecheck:  f.busyRecheck,
+		Logger:       log,
+		OnRun:        func(r reconciler.Run) { srv.ObserveRun(r); reporter.observe(r, ctrlRef.Load().Status()) },
 		Events: func(ctx context.Context, labName string) <-chan runtime.Event {
 			errs := make(chan error, 1)
 			go func() {
