@@ -74,6 +74,7 @@ func StartBroker(o BrokerOptions) (*Broker, error) {
 		return nil, fmt.Errorf("embedded broker: %w", err)
 	}
 	if err := b.srv.AddListener(listeners.NewTCP(listeners.Config{ID: "tcp", Address: real})); err != nil {
+		_ = b.srv.Close()
 		return nil, fmt.Errorf("embedded broker: %w", err)
 	}
 	if o.AgentSocket != "" {
@@ -83,6 +84,7 @@ func StartBroker(o BrokerOptions) (*Broker, error) {
 		}
 	}
 	if err := b.srv.Serve(); err != nil {
+		_ = b.srv.Close()
 		return nil, fmt.Errorf("embedded broker: %w", err)
 	}
 	return b, nil

@@ -3,6 +3,7 @@ package reconciler
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"slices"
 	"sort"
 	"strings"
@@ -85,10 +86,11 @@ func (p *Changeset) adoptOrBlock(kind, key, name string, foreign []string, adopt
 	if !slices.Contains(foreign, name) {
 		return false
 	}
-	if kind == KindNetwork && len(subnets) > 0 && !sameSet(subnets, have) {
-		p.blocked[name] = true
-		p.Blocked = append(p.Blocked, Blocked{Kind: kind, Object: key, By: name,
-			Reason: fmt.Sprintf("network %s exists and was not made by labsync, with subnet %s where the lab declares %s: declare the same subnet to reuse it, or remove the old network", name, strings.Join(have, ", "), strings.Join(subnets, ", "))})
+	if kind == KindNetwork && len(subnets) > 0 && !subnetsWithin(subnets, have) {
+		reason := fmt.Sprintf("network %s exists and was not made by labsync, with subnet %s where the lab declares %s: declare its subnet to reuse it (with --adopt), or remove the old network",
+			name, strings.Join(have, ", "), strings.Join(subnets, ", "))
+		p.blocked[name] = "labsync did not make it and its subnet is not the declared one"
+		p.Blocked = append(p.Blocked, Blocked{Kind: kind, Object: key, By: name, Reason: reason})
 		return true
 	}
 	what := "network " + name + " exists and was not made by labsync"
@@ -105,16 +107,29 @@ func (p *Changeset) adoptOrBlock(kind, key, name string, foreign []string, adopt
 		p.add(Action{Kind: act, ObjectKind: kind, Object: key, Target: name, Reasons: []string{reason}})
 		return true
 	}
-	p.blocked[name] = true
+	p.blocked[name] = "labsync did not make it; apply with --adopt to reuse it"
 	p.Blocked = append(p.Blocked, Blocked{Kind: kind, Object: key, By: name, Reason: what + "; apply with --adopt to reuse it"})
 	return true
 }
 
-func sameSet(a, b []string) bool {
-	a, b = slices.Clone(a), slices.Clone(b)
-	slices.Sort(a)
-	slices.Sort(b)
-	return slices.Equal(a, b)
+// subnetsWithin reports whether every declared subnet is one the existing
+// network has, compared as prefixes (case and host bits do not matter).
+// The network may have more: Docker gives a dual-stack network a pool of
+// the family the lab left out.
+func subnetsWithin(declared, have []string) bool {
+	existing := map[netip.Prefix]bool{}
+	for _, h := range have {
+		if pfx, err := netip.ParsePrefix(h); err == nil {
+			existing[pfx.Masked()] = true
+		}
+	}
+	for _, d := range declared {
+		pfx, err := netip.ParsePrefix(d)
+		if err != nil || !existing[pfx.Masked()] {
+			return false
+		}
+	}
+	return true
 }
 
 // inTheWay plans what stands in the way of creating spec, when anything
@@ -125,16 +140,16 @@ func sameSet(a, b []string) bool {
 // the plan says how to take it over.
 func (p *Changeset) inTheWay(spec *lab.ContainerSpec, base Action, opts PlanOptions) bool {
 	for _, m := range spec.Mounts {
-		if m.Type == "volume" && p.blocked[m.Source] {
+		if m.Type == "volume" && p.blocked[m.Source] != "" {
 			p.Blocked = append(p.Blocked, Blocked{Kind: string(spec.Kind), Object: spec.Name, By: m.Source,
-				Reason: fmt.Sprintf("mounts volume %s, which labsync did not make; apply with --adopt to reuse it", m.Source)})
+				Reason: fmt.Sprintf("mounts volume %s: %s", m.Source, p.blocked[m.Source])})
 			return true
 		}
 	}
 	for _, n := range spec.Networks {
-		if p.blocked[n.Network] {
+		if p.blocked[n.Network] != "" {
 			p.Blocked = append(p.Blocked, Blocked{Kind: string(spec.Kind), Object: spec.Name, By: n.Network,
-				Reason: fmt.Sprintf("joins network %s, which labsync did not make; apply with --adopt to reuse it", n.Network)})
+				Reason: fmt.Sprintf("joins network %s: %s", n.Network, p.blocked[n.Network])})
 			return true
 		}
 	}

@@ -172,18 +172,38 @@ func TestInterruptedTakeoverIsFinished(t *testing.T) {
 // static addresses would not fit it.
 func TestAdoptRefusesANetworkOfAnotherSubnet(t *testing.T) {
 	fsys := adoptLab()
-	fsys["docker-compose.yaml"] = &fstest.MapFile{Data: []byte("services:\n  redis:\n    image: redis:7\n    networks: {lab: {ipv4_address: 10.9.0.5}}\nnetworks:\n  lab:\n    ipam: {config: [{subnet: 10.9.0.0/24}]}\n")}
+	fsys["docker-compose.yaml"] = &fstest.MapFile{Data: []byte("services:\n  redis:\n    image: redis:7\n    networks: {lab: {ipv4_address: 10.9.0.5}}\n" +
+		"networks:\n  lab:\n    ipam: {config: [{subnet: 10.9.0.0/24}, {subnet: 'fd00:ab::/64'}]}\n")}
 	d := compile(t, fsys)
 	obs := &runtime.Observed{Images: map[string]string{"agent:1": "sha256:a", "redis:7": "sha256:r"}}
-	for _, subnet := range []string{"10.9.0.0/24", "10.8.0.0/24"} {
-		old := &runtime.Foreign{Networks: []string{"oldstack_lab"}, NetworkSubnets: map[string][]string{"oldstack_lab": {subnet}}}
+	for _, tc := range []struct {
+		have  []string
+		adopt bool
+	}{
+		{[]string{"10.9.0.0/24", "fd00:ab::/64"}, true},
+		{[]string{"fd00:AB:0::/64", "10.9.0.0/24"}, true},                    // as text, not as written
+		{[]string{"10.9.0.0/24", "fd00:ab::/64", "", "172.30.0.0/16"}, true}, // more pools than declared
+		{[]string{"10.8.0.0/24", "fd00:ab::/64"}, false},
+		{[]string{"10.9.0.0/24"}, false},
+	} {
+		old := &runtime.Foreign{Networks: []string{"oldstack_lab"}, NetworkSubnets: map[string][]string{"oldstack_lab": tc.have}}
 		p := reconciler.Plan(d, obs, reconciler.PlanOptions{Foreign: old, Adopt: true})
 		adopted := strings.Contains(strings.Join(actionsOf(p), ","), "adopt-network lab")
-		if adopted != (subnet == "10.9.0.0/24") {
-			t.Errorf("old subnet %s: adopted %v; actions %v, blocked %+v", subnet, adopted, actionsOf(p), p.Blocked)
+		if adopted != tc.adopt {
+			t.Errorf("old subnets %v: adopted %v; actions %v, blocked %+v", tc.have, adopted, actionsOf(p), p.Blocked)
 		}
-		if !adopted && (len(p.Blocked) == 0 || !strings.Contains(p.Blocked[0].Reason, subnet)) {
-			t.Errorf("old subnet %s: blocked %+v", subnet, p.Blocked)
+		if adopted {
+			continue
+		}
+		// The network and the service that joins it both say why, and
+		// never "apply with --adopt", which this plan already has.
+		if len(p.Blocked) < 2 {
+			t.Fatalf("old subnets %v: blocked %+v, want the network and its containers", tc.have, p.Blocked)
+		}
+		for _, b := range p.Blocked {
+			if !strings.Contains(b.Reason, "subnet") || strings.Contains(b.Reason, "apply with --adopt") {
+				t.Errorf("old subnets %v: blocked %s %s: %q", tc.have, b.Kind, b.Object, b.Reason)
+			}
 		}
 	}
 }

@@ -57,9 +57,10 @@ type ControllerOptions struct {
 	// ForcePrune lets passes remove orphans past the prune guard.
 	ForcePrune bool
 	// AgentMQTTDir, when set, says where the embedded broker's agents'
-	// socket is ("" when there is none): new agent containers of a lab
-	// whose stack has no broker get it (see ApplyOptions.AgentMQTTDir).
-	AgentMQTTDir func() string
+	// socket is for a pass about to apply the desired state ("" when
+	// there is none): new agent containers that name no broker get it
+	// (see ApplyOptions.AgentMQTTDir).
+	AgentMQTTDir func(*lab.Desired) string
 	// Adopt takes over the containers, volumes and networks labsync did
 	// not make that stand in its way (the old stack's), in every pass: see
 	// PlanOptions.Adopt. It is meant for the takeover; drop it after.
@@ -175,10 +176,14 @@ type Controller struct {
 	eventSinks []func(Event)
 	cleanSlate bool
 	pending    []string
-	runs       []Run // newest first
-	nextID     int64
-	status     LabStatus
-	failures   int
+	// eventsInPass is set when a die, destroy or unhealthy event came
+	// during a pass: one more pass checks, unless the pass failed and its
+	// retry is due anyway.
+	eventsInPass bool
+	runs         []Run // newest first
+	nextID       int64
+	status       LabStatus
+	failures     int
 }
 
 // NewController makes a controller; Run starts it.
@@ -299,6 +304,10 @@ func (c *Controller) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		c.mu.Lock()
+		eventsInPass := c.eventsInPass
+		c.eventsInPass = false
+		c.mu.Unlock()
 		if run.Result == ResultError || run.Result == ResultFailed || run.actionsFailed {
 			c.failures++
 			d := c.backoff(c.failures)
@@ -306,6 +315,9 @@ func (c *Controller) Run(ctx context.Context) error {
 			retry = time.After(d)
 		} else {
 			c.failures = 0
+			if eventsInPass {
+				c.Trigger("docker events during the last pass")
+			}
 		}
 		if len(c.busySince) > 0 && recheck == nil {
 			recheck = time.After(c.opts.BusyRecheck)
@@ -511,8 +523,8 @@ func (c *Controller) stepConverge(ctx context.Context, run *Run, cleanSlate bool
 		aopts := c.opts.Apply
 		aopts.Logger = c.log.With("run_id", run.ID)
 		aopts.AgentMQTTDir = ""
-		if c.opts.AgentMQTTDir != nil && desired.Broker == nil {
-			aopts.AgentMQTTDir = c.opts.AgentMQTTDir()
+		if c.opts.AgentMQTTDir != nil {
+			aopts.AgentMQTTDir = c.opts.AgentMQTTDir(desired)
 		}
 		aopts.ForceBusy = c.busyExpired(desired)
 		if c.opts.AgentIdle != nil && desired.TestflingerServer != "" {
@@ -928,11 +940,21 @@ func (c *Controller) WatchEvents(events <-chan runtime.Event, limit *FlapLimiter
 		if e.Action == "start" || e.Action == "stop" || e.Action == "health_status: healthy" || e.Action == "health_status: starting" {
 			continue // nothing to repair
 		}
+		// During a pass it is most likely the pass's own doing: one more
+		// pass checks after it, unless it failed and waits for its retry
+		// (a failed takeover makes events; it must not run again at once,
+		// past its backoff). Such events do not count against the flap
+		// limit, which is for containers that crash on their own.
+		c.mu.Lock()
+		inPass := c.status.Passing
+		if inPass {
+			c.eventsInPass = true
+		}
+		c.mu.Unlock()
+		if inPass {
+			continue
+		}
 		key := e.Kind + "/" + e.Object
-		// During a pass it is most likely the pass's own doing, and one
-		// more pass checks; but within the flap limit too, or a pass whose
-		// actions make events (a failed takeover) would run again at once,
-		// past its backoff, forever.
 		if !limit.Allow(key, time.Now()) {
 			c.log.Warn("event ignored: flap limit reached", "object", key, "action", e.Action)
 			continue

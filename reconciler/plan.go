@@ -86,8 +86,9 @@ type Changeset struct {
 	Blocked []Blocked `json:"blocked,omitempty"`
 
 	desired *lab.Desired
-	// blocked are the networks and volumes in the way, by Docker name.
-	blocked map[string]bool
+	// blocked are the networks and volumes in the way, by Docker name,
+	// with why.
+	blocked map[string]string
 }
 
 // Blocked is an object that a container or volume labsync did not make
@@ -168,7 +169,7 @@ func Plan(desired *lab.Desired, observed *runtime.Observed, opts PlanOptions) *C
 	if opts.Foreign != nil {
 		foreignNets, foreignVols = opts.Foreign.Networks, opts.Foreign.Volumes
 	}
-	p.blocked = map[string]bool{}
+	p.blocked = map[string]string{}
 	for i := range desired.Networks {
 		n := &desired.Networks[i]
 		o, ok := obsNets[n.Name]

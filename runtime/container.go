@@ -328,7 +328,8 @@ func (c *Client) Preflight(ctx context.Context, spec *lab.ContainerSpec, asideNa
 		if info, err := c.api.ContainerInspect(ctx, asideName); err == nil {
 			if info.Config == nil || info.Config.Labels[LabelManaged] == "" {
 				return fmt.Errorf("cannot set the old container aside: %s exists and labsync did not create it; "+
-					"if an interrupted takeover left it, `labsync apply --adopt` finishes the takeover, else remove or rename it", asideName)
+					"only if it is the old container an interrupted takeover set aside, `labsync apply --adopt` finishes the takeover "+
+					"(it treats that name as its own); else rename or remove it", asideName)
 			}
 			return fmt.Errorf("cannot set the old container aside: %s exists; remove it", asideName)
 		} else if !cerrdefs.IsNotFound(err) {

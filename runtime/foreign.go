@@ -129,7 +129,9 @@ func (c *Client) Foreign(ctx context.Context, o ForeignOptions) (*Foreign, error
 					out.NetworkSubnets = map[string][]string{}
 				}
 				for _, p := range n.IPAM.Config {
-					out.NetworkSubnets[n.Name] = append(out.NetworkSubnets[n.Name], p.Subnet)
+					if p.Subnet != "" {
+						out.NetworkSubnets[n.Name] = append(out.NetworkSubnets[n.Name], p.Subnet)
+					}
 				}
 			}
 		}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/labsync/labsync/internal/testenv"
+	"github.com/labsync/labsync/runtime"
 )
 
 // A stack with its own MQTT broker: with no --mqtt, labsync reports to it
@@ -56,4 +58,41 @@ func TestServeAgentsReachTheEmbeddedBroker(t *testing.T) {
 		_, status := sub.Last("labsync/" + g.name + "/status")
 		return agent && status
 	})
+}
+
+// When the embedded broker cannot start (a lab host's Mosquitto has its
+// port), the first pass's agents are made without the agents' socket:
+// it is chosen before they are created, and there is none.
+func TestServeAgentsGetNoSocketWithoutTheEmbeddedBroker(t *testing.T) {
+	g := newGitLab(t)
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	data, err := os.MkdirTemp("", "lsd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(data) })
+	d := startDaemon(t, append(withoutFlag(g.args, "--data-dir"), "--data-dir", data, "--mqtt-listen", taken.Addr().String())...)
+	g.waitRunning(t, 60*time.Second, "alpha")
+	d.settle()
+	if !strings.Contains(d.out.String(), "embedded MQTT broker not started") {
+		t.Fatalf("the embedded broker started on a taken port:\n%s", d.out.String())
+	}
+	info, err := g.rt.API().ContainerInspect(context.Background(), g.containers(t)["alpha"].ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range info.Config.Env {
+		if strings.HasPrefix(e, "LABSYNC_AGENT_MQTT=") {
+			t.Errorf("agent made with %s, but no broker runs", e)
+		}
+	}
+	for _, b := range info.HostConfig.Binds {
+		if strings.HasSuffix(b, ":"+runtime.AgentMQTTMount) {
+			t.Errorf("agent made with the socket folder mounted (%s), but no broker runs", b)
+		}
+	}
 }

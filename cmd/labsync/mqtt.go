@@ -71,15 +71,18 @@ type mqttSide struct {
 	embedded bool
 	users    mqttbus.Users
 	// agentDir holds the embedded broker's agents' socket, which agent
-	// containers get when the stack has no broker.
+	// containers get while that broker runs.
 	agentDir string
 
-	ctx    context.Context
-	mu     sync.Mutex
-	pubMu  sync.Mutex // one snapshot published at a time
-	bus    *mqttbus.Bus
-	bridge *mqttbus.Bridge
-	prefix string
+	ctx context.Context
+	// chooseMu guards the choice of broker (url, broker, embedded); it is
+	// taken inside mu, never around network calls of the bus.
+	chooseMu sync.Mutex
+	mu       sync.Mutex
+	pubMu    sync.Mutex // one snapshot published at a time
+	bus      *mqttbus.Bus
+	bridge   *mqttbus.Bridge
+	prefix   string
 }
 
 func (m *mqttFlags) start(ctx context.Context, dataDir string, log *slog.Logger) (*mqttSide, error) {
@@ -100,24 +103,28 @@ func (m *mqttFlags) start(ctx context.Context, dataDir string, log *slog.Logger)
 	return side, nil
 }
 
-// agentSocketDir is the folder of the embedded broker's agents' socket,
-// or "" when agents cannot report there (another broker, or none).
-func (s *mqttSide) agentSocketDir() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+// agentSocketDir is the folder of the embedded broker's agents' socket
+// for a pass about to apply d, or "" when agents cannot report there
+// (another broker, or none). It chooses the broker first, so that the
+// first pass's agents get the socket only when the embedded broker runs.
+func (s *mqttSide) agentSocketDir(d *lab.Desired) string {
+	s.chooseMu.Lock()
+	defer s.chooseMu.Unlock()
+	if !s.chooseBroker(d) || s.broker == nil {
+		return ""
+	}
 	return s.agentDir
 }
 
-// chooseBroker picks the broker at the first status of a lab: --mqtt; else
-// the stack's own broker, on the port it publishes; else the embedded
-// broker, started now. Callers hold s.mu. It reports false when there is
-// none.
+// chooseBroker picks the broker at the first valid revision of a lab:
+// --mqtt; else the stack's own broker, on the port it publishes; else the
+// embedded broker, started now. Callers hold s.chooseMu. It reports false
+// when there is none.
 func (s *mqttSide) chooseBroker(d *lab.Desired) bool {
 	if s.url != "" || !s.embedded {
 		return s.url != ""
 	}
 	if u := d.Broker.URL(); u != "" {
-		s.agentDir = "" // the agents report to the stack's broker
 		s.url = u
 		s.log.Info("MQTT: reporting to the stack's own broker, as its agents do", "service", d.Broker.Service, "broker", u)
 		return true
@@ -132,7 +139,7 @@ func (s *mqttSide) chooseBroker(d *lab.Desired) bool {
 		// A lab host often runs its own Mosquitto on 1883: say how to use
 		// it, and go on without MQTT rather than not at all.
 		s.log.Error("embedded MQTT broker not started; MQTT status is off (give --mqtt tcp://host:1883 to use a running broker, or another --mqtt-listen)", "err", err)
-		s.embedded, s.agentDir = false, ""
+		s.embedded = false
 		return false
 	}
 	s.broker, s.url = b, b.URL()
@@ -160,7 +167,10 @@ func (s *mqttSide) publish(ctrl *reconciler.Controller, st reconciler.LabStatus)
 		return
 	}
 	s.mu.Lock()
-	if s.bus == nil && !s.chooseBroker(st.Desired) {
+	s.chooseMu.Lock()
+	chosen := s.chooseBroker(st.Desired)
+	s.chooseMu.Unlock()
+	if s.bus == nil && !chosen {
 		s.mu.Unlock()
 		return
 	}
