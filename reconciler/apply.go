@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -55,9 +56,12 @@ const (
 
 // Result is what became of one action.
 type Result struct {
-	Action   Action        `json:"action"`
-	Status   Status        `json:"status"`
-	Error    string        `json:"error,omitempty"`
+	Action Action `json:"action"`
+	Status Status `json:"status"`
+	Error  string `json:"error,omitempty"`
+	// WaitsFor says what a deferred action waits for: WaitJob or
+	// WaitDevice.
+	WaitsFor string        `json:"waits_for,omitempty"`
 	Duration time.Duration `json:"duration_ns"`
 
 	order int // the action's place in the plan
@@ -83,7 +87,16 @@ func (r *Report) Failed() int {
 	return n
 }
 
-// Deferred returns the objects whose change waits for a job to end.
+// What a deferred action waits for.
+const (
+	// WaitJob: the agent runs a job.
+	WaitJob = "job"
+	// WaitDevice: another container still drives the device.
+	WaitDevice = "device"
+)
+
+// Deferred returns the objects whose change waits for a job to end or a
+// device to be free.
 func (r *Report) Deferred() []string {
 	var out []string
 	for _, res := range r.Results {
@@ -153,7 +166,8 @@ const DefaultStopTimeout = 10 * time.Second
 // the host is left in a state the next plan repairs.
 func Apply(ctx context.Context, eng Engine, p *Changeset, opts ApplyOptions) *Report {
 	start := time.Now()
-	a := &applier{eng: eng, plan: p, opts: opts, broken: map[string]string{}, serviceDone: map[string]Status{}, heldDevices: map[string]string{}}
+	a := &applier{eng: eng, plan: p, opts: opts, broken: map[string]string{}, serviceDone: map[string]Status{},
+		devices: newDeviceLedger(p.devices), releaseFirst: map[int]bool{}, lastWait: map[int]*deviceWait{}}
 	if a.opts.Logger == nil {
 		a.opts.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -172,17 +186,17 @@ func Apply(ctx context.Context, eng Engine, p *Changeset, opts ApplyOptions) *Re
 		ph := phase(*act)
 		parallel := ph == phaseAgents || (ph == phaseRemovals && act.ObjectKind == string(lab.KindAgent))
 		if len(batch) > 0 && (!parallel || ph != batchPhase) {
-			a.runParallel(ctx, batch)
+			a.runRounds(ctx, batch)
 			batch = nil
 		}
 		if parallel {
 			batch, batchPhase = append(batch, i), ph
 			continue
 		}
-		a.run(ctx, i)
+		a.runRounds(ctx, []int{i})
 	}
 	if len(batch) > 0 {
-		a.runParallel(ctx, batch)
+		a.runRounds(ctx, batch)
 	}
 	a.pruneAgentBinaries(ctx)
 	sort.SliceStable(a.results, func(i, j int) bool { return a.results[i].order < a.results[j].order })
@@ -200,9 +214,14 @@ type applier struct {
 	// the error, so the containers that need them are skipped.
 	broken      map[string]string
 	serviceDone map[string]Status
-	// heldDevices maps devices whose old agent could not be stopped (busy)
-	// to that agent's name.
-	heldDevices map[string]string
+	// devices says which containers hold each device.
+	devices *deviceLedger
+	// releaseFirst marks recreates that stop their old container before
+	// their device is free: two agents that swap devices wait for each
+	// other otherwise. Only runRounds' goroutine writes it, between rounds.
+	releaseFirst map[int]bool
+	// lastWait is what each waiting action waited for in its last round.
+	lastWait map[int]*deviceWait
 
 	// agentBin is the labsync-agent volume of this apply, made at the
 	// first agent create.
@@ -211,19 +230,103 @@ type applier struct {
 	agentBinErr  error
 }
 
-func (a *applier) runParallel(ctx context.Context, idx []int) {
+// runRounds runs actions, in parallel up to Parallelism, in rounds: an
+// action whose device another container holds waits, and runs again after
+// a round that freed a device. What still waits when no round can free
+// one more is deferred.
+func (a *applier) runRounds(ctx context.Context, idx []int) {
+	waiting := idx
+	for round := 0; round <= len(idx)+1; round++ {
+		before := a.devices.releases()
+		waits := a.runParallel(ctx, waiting)
+		if len(waits) == 0 {
+			return
+		}
+		waiting = waiting[:0:0]
+		for i := range waits {
+			waiting = append(waiting, i)
+		}
+		sort.Ints(waiting)
+		if a.devices.releases() > before {
+			continue
+		}
+		if i, ok := a.breakCycle(waiting, waits); ok {
+			a.releaseFirst[i] = true
+			continue
+		}
+		break
+	}
+	// Deferred, in plan order.
+	for _, i := range waiting {
+		act := &a.plan.Actions[i]
+		a.record(act, Result{Action: *act, Status: StatusDeferred, WaitsFor: WaitDevice, Error: "waits: " + a.lastWait[i].Error(), order: i})
+	}
+}
+
+// breakCycle picks, among actions that wait for each other's devices (two
+// agents swapping devices), the first recreate whose old container holds
+// a device another waiting action needs and that itself waits for the old
+// container of another waiting recreate: stopped first, it lets the other
+// go.
+func (a *applier) breakCycle(waiting []int, waits map[int]*deviceWait) (int, bool) {
+	oldOf := map[string]int{} // old container ID → its waiting recreate
+	for _, i := range waiting {
+		act := &a.plan.Actions[i]
+		if (act.Kind == Recreate || act.Kind == Adopt) && act.Old != nil && !act.Old.Aside {
+			oldOf[act.Old.ID] = i
+		}
+	}
+	for _, i := range waiting {
+		act := &a.plan.Actions[i]
+		if act.Old == nil || a.releaseFirst[i] {
+			continue
+		}
+		if j, isRecreate := oldOf[act.Old.ID]; !isRecreate || j != i {
+			continue
+		}
+		blockedByRecreate := true
+		for _, k := range waits[i].keys {
+			if j, ok := oldOf[k]; !ok || j == i {
+				blockedByRecreate = false
+			}
+		}
+		needed := false
+		for _, j := range waiting {
+			if j != i && slices.Contains(waits[j].keys, a.plan.Actions[i].Old.ID) {
+				needed = true
+			}
+		}
+		if blockedByRecreate && needed {
+			return i, true
+		}
+	}
+	return 0, false
+}
+
+// runParallel runs actions and returns those that wait for a device.
+func (a *applier) runParallel(ctx context.Context, idx []int) map[int]*deviceWait {
 	sem := make(chan struct{}, a.opts.Parallelism)
 	var wg sync.WaitGroup
+	var mu sync.Mutex
+	waits := map[int]*deviceWait{}
 	for _, i := range idx {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func(i int) {
 			defer wg.Done()
 			defer func() { <-sem }()
-			a.run(ctx, i)
+			if w := a.run(ctx, i); w != nil {
+				mu.Lock()
+				waits[i] = w
+				mu.Unlock()
+			}
 		}(i)
 	}
 	wg.Wait()
+	for i, w := range waits {
+		a.lastWait[i] = w
+	}
+	return waits
 }
 
 func (a *applier) step(act *Action, s Step) {
@@ -232,25 +335,38 @@ func (a *applier) step(act *Action, s Step) {
 	}
 }
 
-func (a *applier) run(ctx context.Context, i int) {
+// run runs one action and records its result, unless it has to wait for
+// a device: then it returns what it waits for, and records nothing.
+func (a *applier) run(ctx context.Context, i int) *deviceWait {
 	act := &a.plan.Actions[i]
 	start := time.Now()
-	log := a.opts.Logger.With("action", string(act.Kind), "object", act.Object, "target", act.Target)
 	res := Result{Action: *act, Status: StatusOK, order: i}
 	var err error
-	if held := a.deviceHeld(act); held != "" {
-		res.Status, res.Error = StatusDeferred, fmt.Sprintf("device %s is still driven by %s, which runs a job; this agent starts when it is done", act.Spec.Device, held)
-	} else if skip := a.skipReason(act); skip != "" {
+	if skip := a.skipReason(act); skip != "" {
 		res.Status, res.Error = StatusSkipped, skip
 	} else if ctx.Err() != nil {
 		res.Status, res.Error = StatusInterrupted, "apply was cancelled before this action started"
 	} else {
-		res.Status, err = a.do(ctx, act)
+		res.Status, err = a.do(ctx, act, a.releaseFirst[i])
+		var w *deviceWait
+		if errors.As(err, &w) && res.Status == StatusDeferred {
+			return w
+		}
 		if err != nil {
 			res.Error = err.Error()
 		}
+		if res.Status == StatusDeferred {
+			res.WaitsFor = WaitJob
+		}
 	}
 	res.Duration = time.Since(start)
+	a.record(act, res)
+	return nil
+}
+
+// record logs and keeps an action's result.
+func (a *applier) record(act *Action, res Result) {
+	log := a.opts.Logger.With("action", string(act.Kind), "object", act.Object, "target", act.Target)
 	switch res.Status {
 	case StatusOK:
 		log.Info("action done", "duration", res.Duration.Round(time.Millisecond))
@@ -269,17 +385,6 @@ func (a *applier) run(ctx context.Context, i int) {
 	if a.opts.OnResult != nil {
 		a.opts.OnResult(res)
 	}
-}
-
-// deviceHeld names the busy orphan that still drives the device act's
-// agent would take, if any.
-func (a *applier) deviceHeld(act *Action) string {
-	if act.Spec == nil || act.Spec.Device == "" || act.ObjectKind != string(lab.KindAgent) {
-		return ""
-	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.heldDevices[act.Spec.Device]
 }
 
 // skipReason says why an action cannot run because another failed.
@@ -310,17 +415,11 @@ func (a *applier) skipReason(act *Action) string {
 	return ""
 }
 
-func (a *applier) do(ctx context.Context, act *Action) (Status, error) {
-	// Changes that end a running agent wait for its job.
+func (a *applier) do(ctx context.Context, act *Action, releaseFirst bool) (Status, error) {
+	// Changes that end a running agent wait for its job. A busy orphan
+	// keeps its device in the ledger: the agent that takes it waits too.
 	if act.Kind == Recreate || act.Kind == Adopt || act.Kind == Remove || act.Kind == Stop {
 		if deferred, why := a.busy(ctx, act); deferred {
-			if act.Kind == Stop {
-				// The orphan keeps its device until the job ends; the
-				// agent that takes the device over waits too.
-				a.mu.Lock()
-				a.heldDevices[act.Old.Device] = act.Old.Name
-				a.mu.Unlock()
-			}
 			return StatusDeferred, errors.New(why)
 		}
 	}
@@ -349,7 +448,7 @@ func (a *applier) do(ctx context.Context, act *Action) (Status, error) {
 		return a.start(ctx, act)
 	case Recreate, Adopt:
 		// A takeover is a recreate of a container labsync did not make.
-		return a.recreate(ctx, act)
+		return a.recreate(ctx, act, releaseFirst)
 	case Restore:
 		return a.restore(ctx, act)
 	case Finish:
@@ -357,11 +456,15 @@ func (a *applier) do(ctx context.Context, act *Action) (Status, error) {
 	case Stop:
 		// Stopped for good: restart policy "no", so a daemon restart does
 		// not bring it back next to the agent that took its device.
-		if err := a.eng.StopContainer(ctx, act.Old.ID, a.opts.StopTimeout); err != nil {
+		// Policy first: a reboot between the two must not revive it.
+		if err := a.eng.SetRestartPolicy(ctx, act.Old.ID, "no"); err != nil {
+			return a.failed(ctx, err)
+		}
+		if err := a.stop(ctx, act.Old); err != nil {
 			return a.failed(ctx, err)
 		}
 		a.step(act, StepStopped)
-		return done(a.eng.SetRestartPolicy(ctx, act.Old.ID, "no"))
+		return StatusOK, nil
 	}
 	return StatusFailed, fmt.Errorf("unknown action %q", act.Kind)
 }
@@ -417,9 +520,29 @@ func (a *applier) removeLeftovers(ctx context.Context, act *Action) error {
 		if err := a.eng.RemoveContainer(ctx, c.ID); err != nil {
 			return fmt.Errorf("remove leftover %s: %w", c.Name, err)
 		}
+		a.devices.release(c.Device, c.ID)
 	}
 	if len(act.Leftovers) > 0 {
 		a.step(act, StepLeftovers)
+		act.Leftovers = nil
+	}
+	return nil
+}
+
+// stop stops a container and ends its hold of its device.
+func (a *applier) stop(ctx context.Context, c *runtime.ObservedContainer) error {
+	if err := a.eng.StopContainer(ctx, c.ID, a.opts.StopTimeout); err != nil {
+		return err
+	}
+	a.devices.release(c.Device, c.ID)
+	return nil
+}
+
+// claimFor claims device for the container c (an existing one) before it
+// is started; own are containers of the same object that do not count.
+func (a *applier) claimFor(c *runtime.ObservedContainer, own ...string) error {
+	if w := a.devices.claim(c.Device, c.ID, c.Name, append(own, c.ID)...); w != nil {
+		return w
 	}
 	return nil
 }
@@ -428,7 +551,7 @@ func (a *applier) remove(ctx context.Context, act *Action) (Status, error) {
 	if act.Old == nil { // leftovers only
 		return done(a.removeLeftovers(ctx, act))
 	}
-	if err := a.eng.StopContainer(ctx, act.Old.ID, a.opts.StopTimeout); err != nil {
+	if err := a.stop(ctx, act.Old); err != nil {
 		return a.failed(ctx, err)
 	}
 	a.step(act, StepStopped)
@@ -439,17 +562,32 @@ func (a *applier) remove(ctx context.Context, act *Action) (Status, error) {
 	return StatusOK, nil
 }
 
-// failed classifies an error: interrupted when the apply was cancelled.
+// failed classifies an error: interrupted when the apply was cancelled,
+// deferred when a device is not free yet.
 func (a *applier) failed(ctx context.Context, err error) (Status, error) {
+	var w *deviceWait
+	if errors.As(err, &w) {
+		return StatusDeferred, err
+	}
 	if ctx.Err() != nil {
 		return StatusInterrupted, fmt.Errorf("interrupted: %w", err)
 	}
 	return StatusFailed, err
 }
 
-// bringUp creates, starts and watches a new container. On failure the new
-// container is removed.
-func (a *applier) bringUp(ctx context.Context, act *Action) (string, error) {
+// bringUp creates, starts and watches a new container, which first
+// claims its device. On failure the new container is removed and the
+// claim ended.
+func (a *applier) bringUp(ctx context.Context, act *Action, own ...string) (id string, err error) {
+	key := newKey(act)
+	if w := a.devices.claim(act.Spec.Device, key, act.Spec.ContainerName, own...); w != nil {
+		return "", w
+	}
+	defer func() {
+		if err != nil {
+			a.devices.release(act.Spec.Device, key)
+		}
+	}()
 	opts := a.createOpts()
 	if act.Spec.Kind == lab.KindAgent {
 		bin, err := a.agentBinary(ctx)
@@ -458,7 +596,7 @@ func (a *applier) bringUp(ctx context.Context, act *Action) (string, error) {
 		}
 		opts.AgentBinary = bin
 	}
-	id, err := a.eng.CreateContainer(ctx, act.Spec, opts)
+	id, err = a.eng.CreateContainer(ctx, act.Spec, opts)
 	if err != nil {
 		return "", err
 	}
@@ -473,6 +611,8 @@ func (a *applier) bringUp(ctx context.Context, act *Action) (string, error) {
 			cctx, cancel := cleanupContext(ctx)
 			defer cancel()
 			if rmErr := a.eng.RemoveContainer(cctx, id); rmErr != nil {
+				// It may run still: its claim stays.
+				a.devices.hold(act.Spec.Device, id, act.Spec.ContainerName)
 				err = errors.Join(err, fmt.Errorf("remove failed container: %w", rmErr))
 			}
 		}
@@ -483,6 +623,9 @@ func (a *applier) bringUp(ctx context.Context, act *Action) (string, error) {
 }
 
 func (a *applier) create(ctx context.Context, act *Action) (Status, error) {
+	if err := a.removeLeftovers(ctx, act); err != nil {
+		return a.failed(ctx, err)
+	}
 	if _, err := a.bringUp(ctx, act); err != nil {
 		return a.failed(ctx, err)
 	}
@@ -491,6 +634,9 @@ func (a *applier) create(ctx context.Context, act *Action) (Status, error) {
 
 func (a *applier) start(ctx context.Context, act *Action) (Status, error) {
 	if err := a.removeLeftovers(ctx, act); err != nil {
+		return a.failed(ctx, err)
+	}
+	if err := a.claimFor(act.Old); err != nil {
 		return a.failed(ctx, err)
 	}
 	if err := a.eng.StartContainer(ctx, act.Old.ID); err != nil {
@@ -506,6 +652,9 @@ func (a *applier) start(ctx context.Context, act *Action) (Status, error) {
 
 func (a *applier) restore(ctx context.Context, act *Action) (Status, error) {
 	if err := a.removeLeftovers(ctx, act); err != nil {
+		return a.failed(ctx, err)
+	}
+	if err := a.claimFor(act.Old); err != nil {
 		return a.failed(ctx, err)
 	}
 	if err := a.putBack(ctx, act.Old.ID, act.Spec.ContainerName, act.Spec.Restart); err != nil {
@@ -565,11 +714,17 @@ func (a *applier) putBack(ctx context.Context, id, name, restart string) error {
 }
 
 // recreate replaces a container stop-first: two agents must never drive one
-// device. What the new container needs is checked before the old one is
-// touched. The old container is stopped, set aside under a new name with
-// restart policy "no", and the new one created and watched; if it fails,
-// it is removed and the old one gets its name and policy back and starts.
-func (a *applier) recreate(ctx context.Context, act *Action) (Status, error) {
+// device. What the new container needs is checked, and its device claimed,
+// before the old one is touched. The old container gets restart policy
+// "no", is stopped and set aside under a new name, and the new one is
+// created and watched; if it fails, it is removed and the old one gets its
+// name and policy back and starts (when its device is still free).
+//
+// With releaseFirst (two agents swapping devices) the old container is
+// stopped and set aside before the new device is claimed; if the device
+// is not free yet, the action waits with the old container set aside, and
+// runs again from there.
+func (a *applier) recreate(ctx context.Context, act *Action, releaseFirst bool) (Status, error) {
 	old := act.Old
 	aside := act.Spec.ContainerName + runtime.AsideSuffix
 	if err := a.removeLeftovers(ctx, act); err != nil {
@@ -582,29 +737,55 @@ func (a *applier) recreate(ctx context.Context, act *Action) (Status, error) {
 	if err := a.eng.Preflight(ctx, act.Spec, checkAside); err != nil {
 		return a.failed(ctx, fmt.Errorf("%w; the old container was left running", err))
 	}
-	if err := a.eng.StopContainer(ctx, old.ID, a.opts.StopTimeout); err != nil {
-		return a.failed(ctx, err)
+	if !releaseFirst && !old.Aside {
+		// Claimed now, released below if the new container is not made.
+		if w := a.devices.claim(act.Spec.Device, newKey(act), act.Spec.ContainerName, old.ID); w != nil {
+			return StatusDeferred, w
+		}
+	}
+	if !old.Aside {
+		// Policy first: a reboot after the stop must not revive it.
+		if err := a.eng.SetRestartPolicy(ctx, old.ID, "no"); err != nil {
+			a.devices.release(act.Spec.Device, newKey(act))
+			return a.failed(ctx, fmt.Errorf("%w; the old container was left running", err))
+		}
+	}
+	if err := a.stop(ctx, old); err != nil {
+		a.devices.release(act.Spec.Device, newKey(act))
+		status, err := a.failed(ctx, err)
+		if !old.Aside {
+			cctx, cancel := cleanupContext(ctx)
+			defer cancel()
+			if perr := a.eng.SetRestartPolicy(cctx, old.ID, act.Spec.Restart); perr != nil {
+				err = errors.Join(err, fmt.Errorf("restore restart policy: %w", perr))
+			}
+		}
+		return status, err
 	}
 	a.step(act, StepStopped)
 	if !old.Aside {
 		if err := a.eng.RenameContainer(ctx, old.ID, aside); err != nil {
+			a.devices.release(act.Spec.Device, newKey(act))
 			status, err := a.failed(ctx, err)
-			cctx, cancel := cleanupContext(ctx)
-			defer cancel()
-			if startErr := a.eng.StartContainer(cctx, old.ID); startErr != nil {
-				err = errors.Join(err, fmt.Errorf("restart old container: %w", startErr))
-			}
-			return status, err
-		}
-		if err := a.eng.SetRestartPolicy(ctx, old.ID, "no"); err != nil {
-			a.opts.Logger.Warn("restart policy of the set-aside container not changed", "container", aside, "err", err)
+			return status, errors.Join(err, a.restartOld(ctx, act, old.ID, old.Name))
 		}
 		a.step(act, StepSetAside)
+		// From here on the action goes on from the set-aside container,
+		// also in a later round.
+		setAside := *old
+		setAside.Name, setAside.Aside, setAside.State = aside, true, "exited"
+		act.Old, old = &setAside, &setAside
 	}
 	if ctx.Err() != nil {
+		a.devices.release(act.Spec.Device, newKey(act))
 		return StatusInterrupted, fmt.Errorf("interrupted after the old container was set aside as %s; the next apply finishes the recreate", aside)
 	}
-	_, upErr := a.bringUp(ctx, act)
+	_, upErr := a.bringUp(ctx, act, old.ID)
+	var w *deviceWait
+	if errors.As(upErr, &w) {
+		w.note = fmt.Sprintf("the old container is stopped and set aside as %s until then", aside)
+		return StatusDeferred, w
+	}
 	if upErr == nil {
 		cctx, cancel := cleanupContext(ctx)
 		defer cancel()
@@ -619,20 +800,43 @@ func (a *applier) recreate(ctx context.Context, act *Action) (Status, error) {
 	if ctx.Err() != nil {
 		return StatusInterrupted, fmt.Errorf("interrupted: %w; the old container is set aside as %s and the next apply repairs it", upErr, aside)
 	}
-	origName := old.Name
-	if old.Aside {
-		origName = act.Spec.ContainerName
-	}
-	return a.rollback(ctx, act, old.ID, origName, upErr)
+	return a.rollback(ctx, act, old, act.Spec.ContainerName, upErr)
 }
 
-// rollback restores a set-aside container after its replacement failed.
-func (a *applier) rollback(ctx context.Context, act *Action, oldID, name string, cause error) (Status, error) {
+// restartOld starts again an old container whose recreate stopped before
+// it was set aside, with its restart policy back, if its device is free.
+func (a *applier) restartOld(ctx context.Context, act *Action, id, name string) error {
 	cctx, cancel := cleanupContext(ctx)
 	defer cancel()
-	err := a.putBack(cctx, oldID, name, act.Spec.Restart)
+	c := *act.Old
+	c.ID, c.Name = id, name
+	if w := a.devices.claim(c.Device, c.ID, c.Name, c.ID); w != nil {
+		return fmt.Errorf("old container not restarted: %w", w)
+	}
+	if err := a.eng.SetRestartPolicy(cctx, id, act.Spec.Restart); err != nil {
+		return fmt.Errorf("restore restart policy: %w", err)
+	}
+	if err := a.eng.StartContainer(cctx, id); err != nil {
+		return fmt.Errorf("restart old container: %w", err)
+	}
+	return nil
+}
+
+// rollback restores a set-aside container after its replacement failed,
+// and waits for it to run. It stays set aside, stopped, when its device
+// was taken meanwhile.
+func (a *applier) rollback(ctx context.Context, act *Action, old *runtime.ObservedContainer, name string, cause error) (Status, error) {
+	cctx, cancel := cleanupContext(ctx)
+	defer cancel()
+	if w := a.devices.claim(old.Device, old.ID, name, old.ID); w != nil {
+		return StatusFailed, fmt.Errorf("new container failed: %w; the old one stays stopped and set aside as %s: %v", cause, old.Name, w)
+	}
+	err := a.putBack(cctx, old.ID, name, act.Spec.Restart)
 	if err == nil {
-		err = a.eng.StartContainer(cctx, oldID)
+		err = a.eng.StartContainer(cctx, old.ID)
+	}
+	if err == nil {
+		err = a.eng.WaitRunning(cctx, old.ID, runtime.WaitOptions{MinUptime: a.plan.desired.Update.MinUptime, Timeout: a.plan.desired.Update.StartTimeout})
 	}
 	if err != nil {
 		return StatusFailed, fmt.Errorf("new container failed: %w; rollback failed too: %v", cause, err)
@@ -649,6 +853,9 @@ func (a *applier) finish(ctx context.Context, act *Action) (Status, error) {
 		return a.failed(ctx, err)
 	}
 	newC := act.New
+	if err := a.claimFor(newC, act.Old.ID); err != nil {
+		return a.failed(ctx, err)
+	}
 	var upErr error
 	if newC.State != "running" {
 		upErr = a.eng.StartContainer(ctx, newC.ID)
@@ -675,5 +882,6 @@ func (a *applier) finish(ctx context.Context, act *Action) (Status, error) {
 	if err := a.eng.RemoveContainer(cctx, newC.ID); err != nil {
 		return StatusFailed, fmt.Errorf("new container failed: %w; removing it failed too: %v", upErr, err)
 	}
-	return a.rollback(ctx, act, act.Old.ID, act.Spec.ContainerName, upErr)
+	a.devices.release(newC.Device, newC.ID)
+	return a.rollback(ctx, act, act.Old, act.Spec.ContainerName, upErr)
 }

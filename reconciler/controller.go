@@ -161,9 +161,11 @@ type Controller struct {
 	watching    string
 	stopWatcher context.CancelFunc
 
-	// busySince records when a change to each busy agent was first
-	// deferred; only Run's goroutine uses it.
-	busySince map[string]time.Time
+	// busySince records, for each object whose change waits for a job,
+	// that change and since when it waits. A record belongs to its
+	// change: it goes when the change is applied, reverted or replaced.
+	// Only Run's goroutine uses it.
+	busySince map[string]busyRecord
 
 	refresh chan struct{}
 	heals   FlapLimiter
@@ -207,7 +209,7 @@ func NewController(opts ControllerOptions) *Controller {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	c := &Controller{opts: opts, log: opts.Logger, wake: make(chan struct{}, 1), refresh: make(chan struct{}, 1), busySince: map[string]time.Time{},
+	c := &Controller{opts: opts, log: opts.Logger, wake: make(chan struct{}, 1), refresh: make(chan struct{}, 1), busySince: map[string]busyRecord{},
 		heals:  FlapLimiter{Max: opts.AutoHeal.Max, Window: opts.AutoHeal.Window},
 		status: LabStatus{Lab: opts.DefaultName, LastErrors: map[string]string{}, Offline: map[string]bool{}}}
 	c.AddSinks(opts.OnState, opts.OnEvent)
@@ -526,7 +528,7 @@ func (c *Controller) stepConverge(ctx context.Context, run *Run, cleanSlate bool
 		if c.opts.AgentMQTTDir != nil {
 			aopts.AgentMQTTDir = c.opts.AgentMQTTDir(desired)
 		}
-		aopts.ForceBusy = c.busyExpired(desired)
+		aopts.ForceBusy = c.busyExpired(desired, plan)
 		if c.opts.AgentIdle != nil && desired.TestflingerServer != "" {
 			aopts.ServerBusy = func(ctx context.Context, agent string) (bool, error) {
 				idle, err := c.opts.AgentIdle(ctx, desired, agent)
@@ -535,9 +537,9 @@ func (c *Controller) stepConverge(ctx context.Context, run *Run, cleanSlate bool
 		}
 		report := Apply(ctx, c.opts.Docker, plan, aopts)
 		run.Results = report.Results
-		c.trackBusy(report)
+		c.trackBusy(report.Results)
 		if d := report.Deferred(); len(d) > 0 {
-			run.Error = fmt.Sprintf("%d change(s) wait for agents to finish their jobs: %s", len(d), strings.Join(d, ", "))
+			run.Error = fmt.Sprintf("%d change(s) wait for a job to end or a device to be free: %s", len(d), strings.Join(d, ", "))
 		}
 		run.actionsFailed = report.Failed() > 0
 		if report.Failed() > 0 && run.Result == ResultOK {
@@ -553,6 +555,9 @@ func (c *Controller) stepConverge(ctx context.Context, run *Run, cleanSlate bool
 		}
 	}
 
+	if plan.Empty() {
+		c.trackBusy(nil) // nothing waits any more
+	}
 	c.setObserved(ctx, obs)
 	c.mu.Lock()
 	c.status.Plan = plan
@@ -571,36 +576,61 @@ func (c *Controller) stepConverge(ctx context.Context, run *Run, cleanSlate bool
 	return nil
 }
 
-// busyExpired lists the agents whose change has waited longer than the
-// lab's busy timeout for a job to end, when the policy is to recreate them
-// then.
-func (c *Controller) busyExpired(d *lab.Desired) map[string]bool {
+// busyRecord is a change that waits for an agent's job: what it would
+// make (the spec hash; the target for stops and removals) and since when.
+type busyRecord struct {
+	change string
+	since  time.Time
+}
+
+// changeOf names what an action would make, so that a busy record
+// belongs to one change.
+func changeOf(a *Action) string {
+	if a.Spec != nil {
+		return string(a.Kind) + " " + a.Spec.Hash
+	}
+	return string(a.Kind) + " " + a.Target
+}
+
+// busyExpired lists the agents whose pending change, the one in plan, has
+// waited longer than the lab's busy timeout for a job to end, when the
+// policy is to recreate them then.
+func (c *Controller) busyExpired(d *lab.Desired, plan *Changeset) map[string]bool {
 	out := map[string]bool{}
 	if d.Update.BusyPolicy != lab.BusyPolicyRecreate {
 		return out
 	}
-	for key, since := range c.busySince {
-		if time.Since(since) >= d.Update.BusyTimeout {
-			_, name, _ := strings.Cut(key, "/")
-			out[name] = true
-			c.log.Warn("agent busy for longer than busy_timeout; recreating it anyway", "object", key, "waited", time.Since(since).Round(time.Second))
+	for i := range plan.Actions {
+		a := &plan.Actions[i]
+		key := a.ObjectKind + "/" + a.Object
+		rec, ok := c.busySince[key]
+		if !ok || rec.change != changeOf(a) || time.Since(rec.since) < d.Update.BusyTimeout {
+			continue
 		}
+		out[a.Object] = true
+		c.log.Warn("agent busy for longer than busy_timeout; recreating it anyway", "object", key, "waited", time.Since(rec.since).Round(time.Second))
 	}
 	return out
 }
 
-// trackBusy remembers since when each deferred change waits; changes that
-// went through are forgotten.
-func (c *Controller) trackBusy(r *Report) {
-	deferred := map[string]bool{}
-	for _, key := range r.Deferred() {
-		deferred[key] = true
-		if _, ok := c.busySince[key]; !ok {
-			c.busySince[key] = time.Now()
+// trackBusy remembers since when each change deferred for a job waits;
+// every other record is forgotten: its change went through, was reverted
+// or replaced by another (which waits afresh).
+func (c *Controller) trackBusy(results []Result) {
+	waiting := map[string]string{}
+	for i := range results {
+		r := &results[i]
+		if r.Status != StatusDeferred || r.WaitsFor != WaitJob {
+			continue
+		}
+		key := r.Action.ObjectKind + "/" + r.Action.Object
+		waiting[key] = changeOf(&r.Action)
+		if rec, ok := c.busySince[key]; !ok || rec.change != waiting[key] {
+			c.busySince[key] = busyRecord{change: waiting[key], since: time.Now()}
 		}
 	}
 	for key := range c.busySince {
-		if !deferred[key] {
+		if _, ok := waiting[key]; !ok {
 			delete(c.busySince, key)
 		}
 	}

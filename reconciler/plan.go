@@ -89,6 +89,8 @@ type Changeset struct {
 	// blocked are the networks and volumes in the way, by Docker name,
 	// with why.
 	blocked map[string]string
+	// devices are the observed containers that may drive each device.
+	devices map[string][]runtime.ObservedContainer
 }
 
 // Blocked is an object that a container or volume labsync did not make
@@ -146,7 +148,8 @@ type objKey struct {
 // Plan compares desired with observed and returns the actions that make the
 // host match, each with its reasons. It is pure and deterministic.
 func Plan(desired *lab.Desired, observed *runtime.Observed, opts PlanOptions) *Changeset {
-	p := &Changeset{Lab: desired.Lab, Revision: desired.Revision, Actions: []Action{}, Unchanged: []string{}, desired: desired}
+	p := &Changeset{Lab: desired.Lab, Revision: desired.Revision, Actions: []Action{}, Unchanged: []string{}, desired: desired,
+		devices: devicesOf(observed.Containers)}
 	byObject := map[objKey][]runtime.ObservedContainer{}
 	for _, c := range observed.Containers {
 		k := objKey{c.Kind, c.Object}
@@ -491,7 +494,7 @@ func (p *Changeset) stopDeviceConflicts(desired *lab.Desired, byObject map[objKe
 		}
 		for i := range cs {
 			c := cs[i]
-			if c.Device == "" || owner[c.Device] == "" || c.State != "running" {
+			if c.Device == "" || owner[c.Device] == "" || !mayRun(c.State) {
 				continue
 			}
 			p.add(Action{Kind: Stop, ObjectKind: string(k.kind), Object: k.name, Target: c.Name, Old: &c,
