@@ -1,0 +1,82 @@
+package reconciler
+
+import (
+	"slices"
+	"sync"
+)
+
+// maxPendingReasons bounds the reasons a pass records for its triggers.
+const maxPendingReasons = 20
+
+// triggerQueue coalesces triggers: however many arrive while a pass runs,
+// they make exactly one more pass, which records their reasons (each
+// once, at most maxPendingReasons).
+type triggerQueue struct {
+	wake chan struct{}
+
+	mu         sync.Mutex
+	pending    []string
+	cleanSlate bool
+	// eventsInPass is set when a die, destroy or unhealthy event came
+	// during a pass: one more pass checks, unless the pass failed and its
+	// retry is due anyway.
+	eventsInPass bool
+}
+
+func newTriggerQueue() *triggerQueue {
+	return &triggerQueue{wake: make(chan struct{}, 1)}
+}
+
+// add records reason and wakes the loop; it never blocks.
+func (q *triggerQueue) add(reason string) {
+	q.note(reason)
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// note records reason without waking the loop: for triggers the loop
+// itself sees (its timers).
+func (q *triggerQueue) note(reason string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.pending) < maxPendingReasons && !slices.Contains(q.pending, reason) {
+		q.pending = append(q.pending, reason)
+	}
+}
+
+// addCleanSlate asks for the next pass to be a clean slate.
+func (q *triggerQueue) addCleanSlate(reason string) {
+	q.mu.Lock()
+	q.cleanSlate = true
+	q.mu.Unlock()
+	q.add(reason)
+}
+
+// take returns and forgets the reasons of the next pass and whether it is
+// a clean slate; no reasons means no pass is due.
+func (q *triggerQueue) take() (reasons []string, cleanSlate bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	reasons, cleanSlate = q.pending, q.cleanSlate
+	q.pending, q.cleanSlate = nil, false
+	return reasons, cleanSlate
+}
+
+// markEventsInPass notes that events came during a pass.
+func (q *triggerQueue) markEventsInPass() {
+	q.mu.Lock()
+	q.eventsInPass = true
+	q.mu.Unlock()
+}
+
+// takeEventsInPass reports and forgets whether events came during the
+// last pass.
+func (q *triggerQueue) takeEventsInPass() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	v := q.eventsInPass
+	q.eventsInPass = false
+	return v
+}
