@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"slices"
 	"sort"
 	"sync"
@@ -315,6 +316,7 @@ func (a *applier) runParallel(ctx context.Context, idx []int) map[int]*deviceWai
 		go func(i int) {
 			defer wg.Done()
 			defer func() { <-sem }()
+			defer a.recoverAction(i)
 			if w := a.run(ctx, i); w != nil {
 				mu.Lock()
 				waits[i] = w
@@ -327,6 +329,19 @@ func (a *applier) runParallel(ctx context.Context, idx []int) map[int]*deviceWai
 		a.lastWait[i] = w
 	}
 	return waits
+}
+
+// recoverAction turns a panic in action i into its failure, so that it
+// ends the action and not the daemon. What the action claimed stays
+// claimed: its device is held until the next plan looks again.
+func (a *applier) recoverAction(i int) {
+	p := recover()
+	if p == nil {
+		return
+	}
+	act := &a.plan.Actions[i]
+	a.opts.Logger.Error("action panicked", "object", act.Object, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+	a.record(act, Result{Action: *act, Status: StatusFailed, Error: fmt.Sprintf("internal error, the action was abandoned (please report it): %v", p), order: i})
 }
 
 func (a *applier) step(act *Action, s Step) {

@@ -1,0 +1,124 @@
+package reconciler_test
+
+import (
+	"context"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/labsync/labsync/internal/testenv"
+	"github.com/labsync/labsync/lab"
+	"github.com/labsync/labsync/reconciler"
+	"github.com/labsync/labsync/runtime"
+)
+
+// holdingDocker holds one reading of the host, once armed, until
+// released: a refresh that reads the host before a pass and ends after it.
+type holdingDocker struct {
+	*runtime.Client
+	armed   atomic.Bool
+	held    chan struct{}
+	release chan struct{}
+}
+
+func (h *holdingDocker) Observe(ctx context.Context, labName string) (*runtime.Observed, error) {
+	obs, err := h.Client.Observe(ctx, labName)
+	if h.armed.CompareAndSwap(true, false) {
+		close(h.held)
+		<-h.release
+	}
+	return obs, err
+}
+
+// A refresh of the observed state that read the host before a pass, and
+// ends after it, never replaces the pass's newer reading.
+func TestRefreshNeverShowsAnOlderReading(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	h := &holdingDocker{held: make(chan struct{}), release: make(chan struct{})}
+	lc := newLiveController(t, func(name, image string) map[string]string { return labFiles(name, image, "alpha") },
+		func(rt *runtime.Client) reconciler.Docker { h.Client = rt; return h }, nil)
+	if r := lc.start(); r.Result != reconciler.ResultOK {
+		t.Fatalf("first pass: %s: %s", r.Result, r.Error)
+	}
+	h.armed.Store(true)
+	lc.ctrl.Refresh()
+	<-h.held // the refresh has read the host: alpha alone
+
+	files := labFiles(lc.name, lc.image, "alpha", "beta")
+	lc.commit("add beta", map[string]string{"sut/beta.conf": files["sut/beta.conf"], "sut/beta_snappy.yaml": files["sut/beta_snappy.yaml"]})
+	if r := lc.pass(2, "add beta"); r.Result != reconciler.ResultOK {
+		t.Fatalf("second pass: %s: %s", r.Result, r.Error)
+	}
+	if n := len(lc.ctrl.Status().Observed.Containers); n != 2 {
+		t.Fatalf("after the pass the status shows %d containers, want 2", n)
+	}
+	before := strings.Count(lc.logs.String(), `msg="observed state`)
+	close(h.release)
+	testenv.Eventually(t, 10*time.Second, "the held refresh never ended", func() bool {
+		return strings.Count(lc.logs.String(), `msg="observed state`) > before
+	})
+	if n := len(lc.ctrl.Status().Observed.Containers); n != 2 {
+		t.Errorf("the late refresh replaced the pass's reading: the status shows %d containers, want 2 (alpha and beta)", n)
+	}
+	_ = ctx
+}
+
+// panickyDocker panics once in Observe and once in CreateContainer.
+type panickyDocker struct {
+	*runtime.Client
+	observe, create atomic.Bool
+}
+
+func (p *panickyDocker) Observe(ctx context.Context, labName string) (*runtime.Observed, error) {
+	if p.observe.CompareAndSwap(true, false) {
+		panic("observe exploded")
+	}
+	return p.Client.Observe(ctx, labName)
+}
+
+func (p *panickyDocker) CreateContainer(ctx context.Context, spec *lab.ContainerSpec, opts runtime.CreateOptions) (string, error) {
+	if p.create.CompareAndSwap(true, false) {
+		panic("create exploded")
+	}
+	return p.Client.CreateContainer(ctx, spec, opts)
+}
+
+// A panic in a pass, in its own goroutine or in an action's, ends that
+// pass with an error that says so; the daemon goes on, and the next pass
+// converges.
+func TestPanicInAPassIsReported(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	p := &panickyDocker{}
+	p.observe.Store(true)
+	lc := newLiveController(t, func(name, image string) map[string]string { return labFiles(name, image, "alpha") },
+		func(rt *runtime.Client) reconciler.Docker { p.Client = rt; return p }, nil)
+	r := lc.start()
+	if r.Result != reconciler.ResultError || !strings.Contains(r.Error, "internal error") || !strings.Contains(r.Error, "observe exploded") {
+		t.Fatalf("pass that panicked: %s: %q, want an error naming the panic", r.Result, r.Error)
+	}
+	p.create.Store(true)
+	r = lc.pass(2, "again")
+	if res := resultOf(r, "alpha"); res.Status != reconciler.StatusFailed || !strings.Contains(res.Error, "create exploded") {
+		t.Fatalf("action that panicked: %+v, want it failed with the panic", r.Results)
+	}
+	r = lc.pass(3, "once more")
+	if r.Result != reconciler.ResultOK {
+		t.Fatalf("third pass: %s: %s", r.Result, r.Error)
+	}
+	if _, ok := lc.agents(ctx)["alpha"]; !ok {
+		t.Fatal("alpha was never created")
+	}
+}
+
+// resultOf returns the result of the action on object in a pass.
+func resultOf(r reconciler.Run, object string) reconciler.Result {
+	for _, res := range r.Results {
+		if res.Action.Object == object {
+			return res
+		}
+	}
+	return reconciler.Result{}
+}
