@@ -18,7 +18,8 @@ import (
 // Controller is what the bridge needs of the daemon's controller.
 type Controller interface {
 	Status() reconciler.LabStatus
-	Trigger(reason string)
+	// Sync asks for a pass that also retries what failed before.
+	Sync(reason string)
 	RestartAgent(ctx context.Context, name string, force bool) error
 	Emit(e reconciler.Event)
 }
@@ -140,7 +141,7 @@ func (b *Bridge) onCommand(topic string, payload []byte) {
 	cmd := strings.TrimPrefix(topic, b.bus.Prefix()+"/cmd/")
 	switch cmd {
 	case "sync":
-		b.opts.Controller.Trigger("mqtt: sync")
+		b.opts.Controller.Sync("mqtt: sync")
 		b.opts.Controller.Emit(reconciler.Event{Type: "command", Message: "sync requested over MQTT"})
 	default:
 		b.errorEvent("command", "", "unknown command %q on %s; known: %s/cmd/sync, %s/agents/<name>/cmd restart [--force]", clip(cmd), clip(topic), b.bus.Prefix(), b.bus.Prefix())

@@ -81,6 +81,10 @@ type ControllerOptions struct {
 	// changes.
 	Events    func(ctx context.Context, labName string) <-chan runtime.Event
 	FlapLimit *FlapLimiter
+	// FailedRetry is how long a create or recreate that failed is not
+	// tried again while its inputs stay the same (default
+	// DefaultFailedRetry); each failure doubles it, up to MaxFailedRetry.
+	FailedRetry time.Duration
 	// BusyRecheck is how soon a pass runs again after a change was
 	// deferred because an agent was busy (default 30s).
 	BusyRecheck time.Duration
@@ -105,6 +109,12 @@ type AutoHeal struct {
 	Window time.Duration
 }
 
+// Retry times of failed changes (see ControllerOptions.FailedRetry).
+const (
+	DefaultFailedRetry = 10 * time.Minute
+	MaxFailedRetry     = 2 * time.Hour
+)
+
 // Controller runs passes: one at a time, whenever triggered, coalescing
 // triggers that arrive during a pass into exactly one more pass.
 type Controller struct {
@@ -113,6 +123,7 @@ type Controller struct {
 	queue  *triggerQueue
 	store  *statusStore
 	busy   *busyTracker
+	failed *failedChanges
 	healer *healer
 
 	runCtx      context.Context
@@ -142,6 +153,9 @@ func NewController(opts ControllerOptions) *Controller {
 	if opts.BusyRecheck == 0 {
 		opts.BusyRecheck = 30 * time.Second
 	}
+	if opts.FailedRetry == 0 {
+		opts.FailedRetry = DefaultFailedRetry
+	}
 	if opts.LoadTimeout == 0 {
 		opts.LoadTimeout = 2 * time.Minute
 	}
@@ -153,7 +167,7 @@ func NewController(opts ControllerOptions) *Controller {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	c := &Controller{opts: opts, log: opts.Logger, queue: newTriggerQueue(), store: newStatusStore(opts.DefaultName, opts.History),
-		busy: newBusyTracker(), refresh: make(chan struct{}, 1)}
+		busy: newBusyTracker(), failed: newFailedChanges(opts.FailedRetry, max(opts.FailedRetry, MaxFailedRetry)), refresh: make(chan struct{}, 1)}
 	c.healer = newHealer(opts.Docker, opts.AutoHeal, opts.Apply.StopTimeout, c.store.emit, opts.Logger)
 	c.AddSinks(opts.OnState, opts.OnEvent)
 	return c
@@ -166,6 +180,10 @@ func (c *Controller) Trigger(reason string) { c.queue.add(reason) }
 // TriggerCleanSlate asks for a pass that also recreates every agent that is
 // in sync and idle, so each starts from a fresh container.
 func (c *Controller) TriggerCleanSlate(reason string) { c.queue.addCleanSlate(reason) }
+
+// Sync asks for a pass that also tries again the changes that failed
+// before, without waiting for their retry time: an operator's request.
+func (c *Controller) Sync(reason string) { c.queue.addSync(reason) }
 
 // Status returns a copy of the controller's status.
 func (c *Controller) Status() LabStatus { return c.store.get() }
@@ -219,12 +237,12 @@ func (c *Controller) Run(ctx context.Context) error {
 			c.queue.note("busy agent re-check")
 			recheck = nil
 		}
-		triggers, cleanSlate := c.queue.take()
-		if len(triggers) == 0 {
+		req := c.queue.take()
+		if len(req.reasons) == 0 {
 			continue // a spare wake-up: a pending retry stays pending
 		}
 		retry = nil
-		run := c.pass(ctx, triggers, cleanSlate)
+		run := c.pass(ctx, req)
 		if ctx.Err() != nil {
 			return nil
 		}

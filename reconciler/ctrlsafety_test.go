@@ -122,3 +122,41 @@ func resultOf(r reconciler.Run, object string) reconciler.Result {
 	}
 	return reconciler.Result{}
 }
+
+// A recreate whose new container fails is rolled back, and not tried
+// again while its inputs stay the same: polls leave the old agent running.
+// A sync asked by an operator tries it again; a new commit does too.
+func TestFailedRecreateIsNotRetriedUntilItsInputsChange(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	lc := newLiveController(t, func(name, image string) map[string]string { return labFiles(name, image, "alpha") }, nil, nil)
+	if r := lc.start(); r.Result != reconciler.ResultOK {
+		t.Fatalf("first pass: %s: %s", r.Result, r.Error)
+	}
+	old := lc.agents(ctx)["alpha"]
+	badAgent := "command: [testflinger-agent, -c, '{conf}']\nenv: {STANDIN_EXIT_AFTER: 50ms}\n"
+	lc.commit("alpha exits at once", map[string]string{"sut/alpha.lab.yaml": badAgent})
+	if res := resultOf(lc.pass(2, "bad change"), "alpha"); res.Status != reconciler.StatusRolledBack {
+		t.Fatalf("bad change: %+v, want rolled back", res)
+	}
+	for n := 3; n <= 4; n++ {
+		r := lc.pass(n, "poll")
+		if res := resultOf(r, "alpha"); res.Status != "" {
+			t.Fatalf("pass %d tried the failed recreate again: %+v", n, res)
+		}
+		if !strings.Contains(strings.Join(r.Plan.Warnings, "\n"), "recreate alpha failed 1 time(s)") {
+			t.Errorf("pass %d does not say why alpha is not recreated: %q", n, r.Plan.Warnings)
+		}
+		if got := lc.agents(ctx)["alpha"]; got.ID != old.ID || got.State != "running" {
+			t.Fatalf("pass %d: alpha is %s %s, want the old container %s running", n, got.ID, got.State, old.ID)
+		}
+	}
+	lc.ctrl.Sync("api: sync")
+	if res := resultOf(lc.waitPass(5, "sync"), "alpha"); res.Status != reconciler.StatusRolledBack {
+		t.Fatalf("a sync did not try the recreate again: %+v", res)
+	}
+	lc.commit("alpha fixed", map[string]string{"sut/alpha.lab.yaml": "env: {FIXED: \"1\"}\n"})
+	if res := resultOf(lc.pass(6, "fix"), "alpha"); res.Status != reconciler.StatusOK {
+		t.Fatalf("the fixed change was not applied: %+v", res)
+	}
+}

@@ -45,12 +45,12 @@ const (
 
 // pass is one reconcile: revision, desired state, observe, plan, apply.
 // Its record is always written, whatever the exit path.
-func (c *Controller) pass(ctx context.Context, triggers []string, cleanSlate bool) (run Run) {
+func (c *Controller) pass(ctx context.Context, req passRequest) (run Run) {
 	c.passMu.Lock()
 	defer c.passMu.Unlock()
-	run = c.store.startRun(triggers)
+	run = c.store.startRun(req.reasons)
 	log := c.log.With("run_id", run.ID)
-	log.Info("pass started", "triggers", strings.Join(triggers, ", "))
+	log.Info("pass started", "triggers", strings.Join(req.reasons, ", "))
 	defer func() {
 		run.Duration = time.Since(run.Started)
 		c.store.record(run)
@@ -59,7 +59,7 @@ func (c *Controller) pass(ctx context.Context, triggers []string, cleanSlate boo
 			c.opts.OnRun(run)
 		}
 	}()
-	converge := func(ctx context.Context, run *Run) error { return c.stepConverge(ctx, run, cleanSlate) }
+	converge := func(ctx context.Context, run *Run) error { return c.stepConverge(ctx, run, req) }
 	for _, step := range []func(context.Context, *Run) error{c.stepRevision, c.stepDesired, converge} {
 		if err := runStep(ctx, step, &run, log); err != nil {
 			if errors.Is(err, errStop) {
@@ -184,7 +184,7 @@ func lastGoodNote(lastGood string) string {
 
 // stepConverge observes the host, plans against the desired state in force
 // and applies the plan.
-func (c *Controller) stepConverge(ctx context.Context, run *Run, cleanSlate bool) error {
+func (c *Controller) stepConverge(ctx context.Context, run *Run, req passRequest) error {
 	desired := c.store.get().Desired
 	run.Applied = desired.Revision
 	seq := c.store.beginObservation()
@@ -193,13 +193,14 @@ func (c *Controller) stepConverge(ctx context.Context, run *Run, cleanSlate bool
 		return err
 	}
 	opts := PlanOptions{ForcePrune: c.opts.ForcePrune, Adopt: c.opts.Adopt}
-	if cleanSlate {
+	if req.cleanSlate {
 		opts.Recreate = c.idleAgents(ctx, desired)
 	}
 	plan, err := PlanHost(ctx, desired, obs, opts, c.opts.Docker.Foreign)
 	if err != nil {
 		return err
 	}
+	plan = c.failed.holdBack(plan, req.retryFailed)
 	run.Plan = plan
 	if run.Result == "" {
 		run.Result = ResultOK
@@ -221,6 +222,7 @@ func (c *Controller) stepConverge(ctx context.Context, run *Run, cleanSlate bool
 		report := Apply(ctx, c.opts.Docker, plan, aopts)
 		run.Results = report.Results
 		c.busy.track(report.Results)
+		c.failed.track(report.Results)
 		if d := report.Deferred(); len(d) > 0 {
 			run.Error = fmt.Sprintf("%d change(s) wait for a job to end or a device to be free: %s", len(d), strings.Join(d, ", "))
 		}

@@ -17,6 +17,9 @@ type triggerQueue struct {
 	mu         sync.Mutex
 	pending    []string
 	cleanSlate bool
+	// retryFailed asks the next pass to try again the changes that
+	// failed before (see failedChanges).
+	retryFailed bool
 	// eventsInPass is set when a die, destroy or unhealthy event came
 	// during a pass: one more pass checks, unless the pass failed and its
 	// retry is due anyway.
@@ -54,14 +57,29 @@ func (q *triggerQueue) addCleanSlate(reason string) {
 	q.add(reason)
 }
 
-// take returns and forgets the reasons of the next pass and whether it is
-// a clean slate; no reasons means no pass is due.
-func (q *triggerQueue) take() (reasons []string, cleanSlate bool) {
+// addSync asks for a pass that also tries again what failed before.
+func (q *triggerQueue) addSync(reason string) {
+	q.mu.Lock()
+	q.retryFailed = true
+	q.mu.Unlock()
+	q.add(reason)
+}
+
+// passRequest is what the next pass is asked to do.
+type passRequest struct {
+	reasons     []string
+	cleanSlate  bool
+	retryFailed bool
+}
+
+// take returns and forgets the request for the next pass; no reasons
+// means no pass is due.
+func (q *triggerQueue) take() passRequest {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	reasons, cleanSlate = q.pending, q.cleanSlate
-	q.pending, q.cleanSlate = nil, false
-	return reasons, cleanSlate
+	req := passRequest{reasons: q.pending, cleanSlate: q.cleanSlate, retryFailed: q.retryFailed}
+	q.pending, q.cleanSlate, q.retryFailed = nil, false, false
+	return req
 }
 
 // markEventsInPass notes that events came during a pass.

@@ -26,7 +26,10 @@ type StatusSource interface {
 
 // Options configure a Server.
 type Options struct {
-	Status  StatusSource
+	Status StatusSource
+	// Sync, when set, is what an operator's sync request calls: a
+	// trigger that also retries what failed before. Trigger otherwise.
+	Sync    func(reason string)
 	Trigger func(reason string)
 	// Branch is the tracked branch; pushes to others are ignored.
 	Branch string
@@ -120,7 +123,11 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleSync(w http.ResponseWriter, r *http.Request) {
 	s.log.Info("api: sync requested", "remote", r.RemoteAddr)
-	s.opts.Trigger("api: sync")
+	if s.opts.Sync != nil {
+		s.opts.Sync("api: sync")
+	} else {
+		s.opts.Trigger("api: sync")
+	}
 	writeJSON(w, http.StatusAccepted, hookReply{Status: "accepted", Detail: "a pass is queued"})
 }
 

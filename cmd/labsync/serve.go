@@ -249,7 +249,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	ctrlRef.Store(ctrl)
 	mq.attach(ctrl)
 	srv = server.New(server.Options{
-		Status: ctrl, Trigger: ctrl.Trigger, Branch: f.git.branch,
+		Status: ctrl, Trigger: ctrl.Trigger, Sync: ctrl.Sync, Branch: f.git.branch,
 		WebhookSecret: []byte(secret), WebhookToken: []byte(token), Insecure: f.insecureWebhooks,
 		APIToken: []byte(apiToken), Ready: rt.Ping, Logger: log,
 	})
