@@ -58,7 +58,8 @@ type ControllerOptions struct {
 	// MinBackoff and MaxBackoff bound the wait before a failed pass is
 	// retried (doubling, with jitter).
 	MinBackoff, MaxBackoff time.Duration
-	// ForcePrune lets passes remove orphans past the prune guard.
+	// ForcePrune lets the first pass that plans remove orphans past the
+	// prune guard; later passes are guarded again.
 	ForcePrune bool
 	// AgentMQTTDir, when set, says where the embedded broker's agents'
 	// socket is for a pass about to apply the desired state ("" when
@@ -137,6 +138,9 @@ type Controller struct {
 	// failures counts the failed passes in a row. Only Run's goroutine
 	// uses it.
 	failures int
+	// forcePrune is ControllerOptions.ForcePrune until a pass has planned
+	// with it. Only Run's goroutine uses it.
+	forcePrune bool
 }
 
 // NewController makes a controller; Run starts it.
@@ -166,7 +170,7 @@ func NewController(opts ControllerOptions) *Controller {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	c := &Controller{opts: opts, log: opts.Logger, queue: newTriggerQueue(), store: newStatusStore(opts.DefaultName, opts.History),
+	c := &Controller{opts: opts, log: opts.Logger, forcePrune: opts.ForcePrune, queue: newTriggerQueue(), store: newStatusStore(opts.DefaultName, opts.History),
 		busy: newBusyTracker(), failed: newFailedChanges(opts.FailedRetry, max(opts.FailedRetry, MaxFailedRetry)), refresh: make(chan struct{}, 1)}
 	c.healer = newHealer(opts.Docker, opts.AutoHeal, opts.Apply.StopTimeout, c.store.emit, opts.Logger)
 	c.AddSinks(opts.OnState, opts.OnEvent)

@@ -160,3 +160,23 @@ func TestFailedRecreateIsNotRetriedUntilItsInputsChange(t *testing.T) {
 		t.Fatalf("the fixed change was not applied: %+v", res)
 	}
 }
+
+// --force-prune lets the daemon's first pass past the prune guard, and
+// no later one: a later revision that empties the lab removes nothing.
+func TestForcePruneIsForTheNextPassOnly(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	lc := newLiveController(t, func(name, image string) map[string]string { return labFiles(name, image, "alpha", "beta") }, nil,
+		func(o *reconciler.ControllerOptions) { o.ForcePrune = true })
+	if r := lc.start(); r.Result != reconciler.ResultOK {
+		t.Fatalf("first pass: %s: %s", r.Result, r.Error)
+	}
+	lc.commit("remove every SUT", map[string]string{"sut/alpha.conf": "", "sut/alpha_snappy.yaml": "", "sut/beta.conf": "", "sut/beta_snappy.yaml": ""})
+	r := lc.pass(2, "empty lab")
+	if !r.Plan.PruneBlocked {
+		t.Errorf("the second pass was not guarded: %+v", r.Plan.Actions)
+	}
+	if n := len(lc.agents(ctx)); n != 2 {
+		t.Fatalf("%d agents left after a revision that empties the lab, want both kept", n)
+	}
+}

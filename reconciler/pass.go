@@ -192,13 +192,19 @@ func (c *Controller) stepConverge(ctx context.Context, run *Run, req passRequest
 	if err != nil {
 		return err
 	}
-	opts := PlanOptions{ForcePrune: c.opts.ForcePrune, Adopt: c.opts.Adopt}
+	forcePrune := c.forcePrune
+	opts := PlanOptions{ForcePrune: forcePrune, Adopt: c.opts.Adopt}
 	if req.cleanSlate {
 		opts.Recreate = c.idleAgents(ctx, desired)
 	}
 	plan, err := PlanHost(ctx, desired, obs, opts, c.opts.Docker.Foreign)
 	if err != nil {
 		return err
+	}
+	if forcePrune {
+		// Once: the guard protects every later revision again.
+		c.forcePrune = false
+		c.log.Warn("this pass removes orphans past the prune guard (--force-prune); later passes are guarded again")
 	}
 	plan = c.failed.holdBack(plan, req.retryFailed)
 	run.Plan = plan
@@ -236,7 +242,7 @@ func (c *Controller) stepConverge(ctx context.Context, run *Run, req passRequest
 			return err
 		}
 		// What still differs after the apply: the drift status shows.
-		if plan, err = PlanHost(ctx, desired, obs, PlanOptions{ForcePrune: c.opts.ForcePrune}, c.opts.Docker.Foreign); err != nil {
+		if plan, err = PlanHost(ctx, desired, obs, PlanOptions{ForcePrune: forcePrune}, c.opts.Docker.Foreign); err != nil {
 			return err
 		}
 	}

@@ -62,7 +62,7 @@ func (f *serveFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.webhookTokenF, "webhook-token-file", "", "file with the bearer token of /hooks/generic (or LABSYNC_WEBHOOK_TOKEN)")
 	fs.BoolVar(&f.insecureWebhooks, "insecure-webhooks", false, "serve webhooks without a secret or token (anyone who reaches the port can trigger passes); /hooks/generic stays closed when a GitHub secret is set")
 	fs.StringVar(&f.apiTokenF, "api-token-file", "", "file with the bearer token of the API's POST endpoints (or LABSYNC_API_TOKEN); without one they refuse every request")
-	fs.BoolVar(&f.forcePrune, "force-prune", false, "remove orphans even when the mass-removal guard trips")
+	fs.BoolVar(&f.forcePrune, "force-prune", false, "let the first pass remove orphans even when the mass-removal guard trips (later passes are guarded again)")
 	fs.BoolVar(&f.adopt, "adopt", false, adoptUsage+"; until the first pass that applies cleanly")
 	fs.IntVar(&f.parallelism, "parallelism", 0, "agents changed at once (default: agents.update.parallelism, 4)")
 	fs.DurationVar(&f.stopTimeout, "stop-timeout", reconciler.DefaultStopTimeout, "time a container gets to stop before it is killed")
