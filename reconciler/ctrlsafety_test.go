@@ -180,3 +180,27 @@ func TestForcePruneIsForTheNextPassOnly(t *testing.T) {
 		t.Fatalf("%d agents left after a revision that empties the lab, want both kept", n)
 	}
 }
+
+// A daemon that starts on an invalid revision keeps the host at the
+// revision its containers were made at: it repairs what is missing
+// instead of converging nothing.
+func TestStartOnAnInvalidHeadKeepsTheLastApplied(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	lc := newLiveController(t, func(name, image string) map[string]string { return labFiles(name, image, "alpha", "beta") }, nil, nil)
+	first := lc.start()
+	if first.Result != reconciler.ResultOK {
+		t.Fatalf("first pass: %s: %s", first.Result, first.Error)
+	}
+	lc.commit("broken", map[string]string{"sut/beta.conf": "agent_id: beta\njob_queues: [beta\n", "lab.yaml": "name: [\n"})
+	if err := lc.rt.RemoveContainer(ctx, lc.agents(ctx)["beta"].ID); err != nil {
+		t.Fatal(err)
+	}
+	r := lc.restart()
+	if r.Result != reconciler.ResultInvalid || r.Applied != first.Revision || !strings.Contains(r.Error, "the host stays at "+first.Revision[:12]) {
+		t.Fatalf("pass on the invalid head: %s, applied %q: %s; want invalid, applied %s", r.Result, r.Applied, r.Error, first.Revision[:12])
+	}
+	if got := lc.agents(ctx); got["beta"].State != "running" || got["alpha"].State != "running" {
+		t.Fatalf("after the restart on an invalid head: %v; want alpha and beta running", got)
+	}
+}

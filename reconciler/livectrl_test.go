@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync"
 	"testing"
 	"time"
 
@@ -23,6 +24,8 @@ type liveController struct {
 	repo  *testenv.Repo
 	ctrl  *reconciler.Controller
 	logs  *testenv.SyncBuffer
+	opts  reconciler.ControllerOptions
+	stop  func()
 }
 
 // labFiles returns a lab of agents without healthcheck, quick to start.
@@ -48,21 +51,39 @@ func newLiveController(t *testing.T, files func(name, image string) map[string]s
 	gs := testenv.NewGitServer(t, "u", "p")
 	lc.repo = gs.NewRepo(t, "lab")
 	lc.repo.Commit("lab", files(lc.name, lc.image))
-	src, err := gitsource.Open(gitsource.Options{URL: lc.repo.URL, CacheDir: t.TempDir(), Auth: gitsource.Auth{Username: "u", Password: "p"}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	var d reconciler.Docker = rt
 	if docker != nil {
 		d = docker(rt)
 	}
-	opts := reconciler.ControllerOptions{Source: src, Docker: d, DefaultName: lc.name, MinBackoff: time.Hour, BusyRecheck: time.Hour,
+	opts := reconciler.ControllerOptions{Source: lc.source(), Docker: d, DefaultName: lc.name, MinBackoff: time.Hour, BusyRecheck: time.Hour,
 		Apply: reconciler.ApplyOptions{StopTimeout: time.Second}, Logger: slog.New(slog.NewTextHandler(lc.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
 	if tune != nil {
 		tune(&opts)
 	}
+	lc.opts = opts
 	lc.ctrl = reconciler.NewController(opts)
 	return lc
+}
+
+// source opens the lab's repository in a cache of its own.
+func (lc *liveController) source() *gitsource.Source {
+	lc.t.Helper()
+	src, err := gitsource.Open(gitsource.Options{URL: lc.repo.URL, CacheDir: lc.t.TempDir(), Auth: gitsource.Auth{Username: "u", Password: "p"}})
+	if err != nil {
+		lc.t.Fatal(err)
+	}
+	return src
+}
+
+// restart stops the controller and starts a new one with the same
+// options and a new cache of the repository, as a daemon restarted on a
+// new machine would, and waits for its first pass.
+func (lc *liveController) restart() reconciler.Run {
+	lc.t.Helper()
+	lc.stop()
+	lc.opts.Source = lc.source()
+	lc.ctrl = reconciler.NewController(lc.opts)
+	return lc.start()
 }
 
 // start runs the controller until the test ends, and waits for its first
@@ -72,7 +93,9 @@ func (lc *liveController) start() reconciler.Run {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- lc.ctrl.Run(ctx) }()
-	lc.t.Cleanup(func() { cancel(); <-done })
+	var once sync.Once
+	lc.stop = func() { once.Do(func() { cancel(); <-done }) }
+	lc.t.Cleanup(lc.stop)
 	return lc.waitPass(1, "start")
 }
 

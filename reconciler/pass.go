@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/labsync/labsync/lab"
+	"github.com/labsync/labsync/runtime"
 )
 
 // Run is the record of one pass.
@@ -137,32 +138,30 @@ func (c *Controller) stepDesired(ctx context.Context, run *Run) error {
 			return errStop
 		}
 	default:
-		tree, err := c.opts.Source.Tree(rev)
-		if err != nil {
+		l, err := c.load(ctx, rev)
+		if l == nil {
 			return err
-		}
-		lctx, cancel := context.WithTimeout(ctx, c.opts.LoadTimeout)
-		l, err := lab.LoadContext(lctx, tree, c.opts.Load)
-		tooSlow := err != nil && lctx.Err() != nil
-		cancel()
-		switch {
-		case ctx.Err() != nil:
-			return fmt.Errorf("load revision %s: %w", short(rev), err)
-		case tooSlow:
-			// The revision itself is too much to load: remembered like an
-			// invalid one, so it is not loaded again until a new commit.
-			l.Diagnostics = append(l.Diagnostics, lab.Diagnostic{Severity: lab.SeverityError,
-				Message: fmt.Sprintf("loading this revision took longer than %s; labsync does not try it again; make the lab smaller", c.opts.LoadTimeout)})
-			err = &lab.ValidationError{Diagnostics: l.Diagnostics}
 		}
 		run.Diagnostics = l.Diagnostics
 		var verr *lab.ValidationError
 		if errors.As(err, &verr) {
 			c.store.update(func(s *LabStatus) { s.Invalid = rev })
 			run.Result, run.Error = ResultInvalid, fmt.Sprintf("revision %s is invalid: %s; %s", short(rev), strings.TrimPrefix(err.Error(), "invalid lab: "), lastGoodNote(st.LastGood))
-			if st.Desired == nil {
+			if st.Desired != nil {
+				break
+			}
+			// A daemon that starts on an invalid revision keeps the host at
+			// the one its containers were made at, rather than at nothing.
+			d, herr := c.desiredOfHost(ctx, l.Name)
+			if d == nil {
+				if herr != nil {
+					c.log.Warn("the revision the host was last applied at cannot be used", "err", herr)
+				}
 				return errStop
 			}
+			c.store.update(func(s *LabStatus) { s.Lab, s.Desired, s.LastGood = d.Lab, d, d.Revision })
+			c.watch(d.Lab)
+			run.Error = fmt.Sprintf("revision %s is invalid: %s; the host stays at %s, the revision its newest container was made at", short(rev), strings.TrimPrefix(err.Error(), "invalid lab: "), short(d.Revision))
 			break
 		}
 		if err != nil {
@@ -173,6 +172,59 @@ func (c *Controller) stepDesired(ctx context.Context, run *Run) error {
 		c.watch(d.Lab)
 	}
 	return nil
+}
+
+// load loads revision rev within the load timeout. A revision too big to
+// load in time is an invalid one (a *lab.ValidationError, with the lab as
+// far as it was read), so that it is not loaded again. A nil lab means
+// the revision could not be read at all.
+func (c *Controller) load(ctx context.Context, rev string) (*lab.Lab, error) {
+	tree, err := c.opts.Source.Tree(rev)
+	if err != nil {
+		return nil, err
+	}
+	lctx, cancel := context.WithTimeout(ctx, c.opts.LoadTimeout)
+	defer cancel()
+	l, err := lab.LoadContext(lctx, tree, c.opts.Load)
+	switch {
+	case ctx.Err() != nil:
+		return nil, fmt.Errorf("load revision %s: %w", short(rev), err)
+	case err != nil && lctx.Err() != nil:
+		// The revision itself is too much to load: remembered like an
+		// invalid one, so it is not loaded again until a new commit.
+		l.Diagnostics = append(l.Diagnostics, lab.Diagnostic{Severity: lab.SeverityError,
+			Message: fmt.Sprintf("loading this revision took longer than %s; labsync does not try it again; make the lab smaller", c.opts.LoadTimeout)})
+		err = &lab.ValidationError{Diagnostics: l.Diagnostics}
+	}
+	return l, err
+}
+
+// desiredOfHost compiles the revision that the newest container of the
+// lab was made at: the last one applied to this host. Nil when the lab
+// has no container, or that revision cannot be read or is invalid too.
+func (c *Controller) desiredOfHost(ctx context.Context, labName string) (*lab.Desired, error) {
+	obs, err := c.opts.Docker.Observe(ctx, labName)
+	if err != nil {
+		return nil, err
+	}
+	var newest *runtime.ObservedContainer
+	for i := range obs.Containers {
+		o := &obs.Containers[i]
+		if o.Revision != "" && (newest == nil || o.Created.After(newest.Created)) {
+			newest = o
+		}
+	}
+	if newest == nil {
+		return nil, nil
+	}
+	l, err := c.load(ctx, newest.Revision)
+	if err != nil {
+		return nil, fmt.Errorf("revision %s, of container %s: %w", short(newest.Revision), newest.Name, err)
+	}
+	if l.Name != labName {
+		return nil, fmt.Errorf("revision %s, of container %s, names lab %s, not %s", short(newest.Revision), newest.Name, l.Name, labName)
+	}
+	return lab.Compile(l, lab.CompileOptions{Revision: newest.Revision}), nil
 }
 
 func lastGoodNote(lastGood string) string {

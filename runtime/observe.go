@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
@@ -52,6 +53,8 @@ type ObservedContainer struct {
 	// networks it is attached to.
 	Volumes  []string
 	Networks []string
+	// Created is when the container was made.
+	Created time.Time
 	// ComposeProject and ComposeService are Compose's labels, on a
 	// container labsync did not make (see Foreign).
 	ComposeProject string
@@ -146,6 +149,7 @@ func observedContainer(s container.Summary) ObservedContainer {
 		ImageID:  s.ImageID,
 		Aside:    strings.HasSuffix(name, AsideSuffix),
 		Device:   s.Labels[LabelDevice],
+		Created:  time.Unix(s.Created, 0),
 	}
 	for _, m := range s.Mounts {
 		if m.Type == "volume" && m.Name != "" {
