@@ -176,31 +176,31 @@ func (p *Pipeline) Run(ctx context.Context) {
 		defer t.Stop()
 		poll = t.C
 	}
+	job := func(f func(context.Context) error) (err error) {
+		jctx, cancel := context.WithTimeout(ctx, p.opts.JobTimeout)
+		defer cancel()
+		// A bug must not end the daemon: the job fails alone.
+		defer func() {
+			if r := recover(); r != nil {
+				err = fmt.Errorf("panic: %v", r)
+			}
+		}()
+		return f(jctx)
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-p.wake:
 		case <-poll:
-			pctx, cancel := context.WithTimeout(ctx, p.opts.JobTimeout)
-			p.pollOpen(pctx)
-			cancel()
+			if err := job(func(c context.Context) error { p.pollOpen(c); return nil }); err != nil {
+				p.log.Warn("open pull requests not polled", "err", err)
+			}
 		}
 		p.mu.Lock()
 		jobs, applies, drift := p.pending, p.applies, p.drift
 		p.pending, p.applies, p.drift = map[int]pullJob{}, nil, nil
 		p.mu.Unlock()
-		job := func(f func(context.Context) error) (err error) {
-			jctx, cancel := context.WithTimeout(ctx, p.opts.JobTimeout)
-			defer cancel()
-			// A bug must not end the daemon: the job fails alone.
-			defer func() {
-				if r := recover(); r != nil {
-					err = fmt.Errorf("panic: %v", r)
-				}
-			}()
-			return f(jctx)
-		}
 		if drift != nil {
 			if err := job(func(c context.Context) error { return p.opts.Drift.Check(c, drift.revision, drift.drifts) }); err != nil {
 				p.log.Warn("drift not reported", "err", err)
