@@ -138,6 +138,10 @@ type PlanOptions struct {
 	// stop-first (kept aside until the new one runs), volumes reused with
 	// their data. Without it they block the objects they are in the way of.
 	Adopt bool
+	// Drift maps "kind/object" to the reasons its container, in sync by
+	// its labels, was found changed by hand (see DeepDrift): such a
+	// container is recreated. Nil on passes without the deep check.
+	Drift map[string][]string
 }
 
 type objKey struct {
@@ -324,6 +328,9 @@ func (p *Changeset) planContainer(spec *lab.ContainerSpec, found []runtime.Obser
 		reasons := explain(primary, spec, images)
 		if why, ok := force[spec.Name]; ok && len(reasons) == 0 && spec.Kind == lab.KindAgent {
 			reasons = []string{why}
+		}
+		if len(reasons) == 0 && aside == nil {
+			reasons = append([]string(nil), opts.Drift[string(spec.Kind)+"/"+spec.Name]...)
 		}
 		a := base
 		a.Old = primary
