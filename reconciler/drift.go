@@ -16,15 +16,24 @@ type DriftInspector interface {
 
 var _ DriftInspector = (*runtime.Client)(nil)
 
+// Drift is what DeepDrift found changed by hand in one container.
+type Drift struct {
+	// Container is the ID of the container inspected: the drift is its
+	// own, and says nothing of a container made since.
+	Container string `json:"container"`
+	// Reasons name the fields, never an env value: "drift: restart policy
+	// changed by hand (always -> no)".
+	Reasons []string `json:"reasons"`
+}
+
 // DeepDrift inspects the containers of desired that observed says are in
 // sync (the container of each declared object under its own name, made
 // from its current spec, not in the middle of a recreate) and returns,
-// keyed "kind/object", the reasons to recreate those that were changed by
-// hand while their labels stayed: PlanOptions.Drift. It costs one inspect
-// per container and one per image, so it runs on the drift schedule, not
-// every pass. On error the drift found in the other containers is still
-// returned.
-func DeepDrift(ctx context.Context, eng DriftInspector, desired *lab.Desired, observed *runtime.Observed) (map[string][]string, error) {
+// keyed "kind/object", those changed by hand while their labels stayed:
+// PlanOptions.Drift. It costs one inspect per container and one per
+// image, so it runs on the drift schedule, not every pass. On error the
+// drift found in the other containers is still returned.
+func DeepDrift(ctx context.Context, eng DriftInspector, desired *lab.Desired, observed *runtime.Observed) (map[string]Drift, error) {
 	byName := map[string][]runtime.ObservedContainer{}
 	for _, c := range observed.Containers {
 		byName[c.Name] = append(byName[c.Name], c)
@@ -51,7 +60,7 @@ func DeepDrift(ctx context.Context, eng DriftInspector, desired *lab.Desired, ob
 		return nil, nil
 	}
 	found, err := eng.InspectDrift(ctx, checks)
-	out := map[string][]string{}
+	out := map[string]Drift{}
 	for id, fields := range found {
 		key, ok := keys[id]
 		if !ok {
@@ -62,7 +71,7 @@ func DeepDrift(ctx context.Context, eng DriftInspector, desired *lab.Desired, ob
 			reasons = append(reasons, "drift: "+f.String())
 		}
 		sort.Strings(reasons)
-		out[key] = reasons
+		out[key] = Drift{Container: id, Reasons: reasons}
 	}
 	return out, err
 }

@@ -127,7 +127,7 @@ func (l *driftLab) plan(ctx context.Context) *reconciler.Changeset {
 }
 
 // deepPlan observes the host, runs the deep drift check and plans with it.
-func (l *driftLab) deepPlan(ctx context.Context) (*reconciler.Changeset, map[string][]string) {
+func (l *driftLab) deepPlan(ctx context.Context) (*reconciler.Changeset, map[string]reconciler.Drift) {
 	l.t.Helper()
 	d := l.desired()
 	obs, err := l.rt.Observe(ctx, l.name)
@@ -262,8 +262,8 @@ func TestDeepDriftFindsHandChanges(t *testing.T) {
 		"agent/gamma": {"drift: memory limit changed by hand (256MiB -> 512MiB)"},
 	}
 	for key, reasons := range want {
-		if !slices.Equal(drift[key], reasons) {
-			t.Errorf("drift of %s = %q, want %q", key, drift[key], reasons)
+		if !slices.Equal(drift[key].Reasons, reasons) {
+			t.Errorf("drift of %s = %q, want %q", key, drift[key].Reasons, reasons)
 		}
 	}
 	if len(drift) != len(want) {
@@ -289,6 +289,15 @@ func TestDeepDriftFindsHandChanges(t *testing.T) {
 	l.applyPlan(ctx, p)
 	if p, drift := l.deepPlan(ctx); len(drift) != 0 || !p.Empty() {
 		t.Fatalf("after the recreate: drift %v, plan %v", drift, actionsOf(p))
+	}
+	// The drift found before holds for the old containers only: passes
+	// that plan with it until the next check recreate nothing again.
+	obs, err := l.rt.Observe(ctx, l.name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := reconciler.Plan(l.desired(), obs, reconciler.PlanOptions{Drift: drift}); !p.Empty() {
+		t.Errorf("the last check's drift plans %v after the recreate", actionsOf(p))
 	}
 	if n := l.inspect(ctx, "api").NetworkSettings.Networks; n[l.name+"_backend"] == nil {
 		t.Errorf("api is not back on %s_backend: %v", l.name, n)
@@ -334,9 +343,11 @@ func (l *driftLab) recreateByHand(ctx context.Context, name string, edit func(*c
 
 func TestPlanRecreatesOnDrift(t *testing.T) {
 	d := compile(t, planLab("alpha", "beta"))
-	drift := map[string][]string{
-		"agent/alpha": {"drift: restart policy changed by hand (always -> no)"},
-		"agent/beta":  {"drift: memory limit changed by hand (none -> 1GiB)"},
+	drift := map[string]reconciler.Drift{
+		"agent/alpha": {Container: "id-alpha", Reasons: []string{"drift: restart policy changed by hand (always -> no)"}},
+		"agent/beta":  {Container: "id-beta", Reasons: []string{"drift: memory limit changed by hand (none -> 1GiB)"}},
+		// Found in a container since replaced: not this one's.
+		"service/redis": {Container: "id-redis-before", Reasons: []string{"drift: env changed by hand (X added)"}},
 	}
 	obs := observedFrom(d)
 	// beta's spec changed as well: that reason is the one given.

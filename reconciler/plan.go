@@ -138,10 +138,11 @@ type PlanOptions struct {
 	// stop-first (kept aside until the new one runs), volumes reused with
 	// their data. Without it they block the objects they are in the way of.
 	Adopt bool
-	// Drift maps "kind/object" to the reasons its container, in sync by
-	// its labels, was found changed by hand (see DeepDrift): such a
-	// container is recreated. Nil on passes without the deep check.
-	Drift map[string][]string
+	// Drift maps "kind/object" to what DeepDrift found changed by hand in
+	// its container, in sync by its labels: that container is recreated.
+	// An entry holds for the container inspected only, so a map kept from
+	// the last check is safe to plan with later.
+	Drift map[string]Drift
 }
 
 type objKey struct {
@@ -329,8 +330,8 @@ func (p *Changeset) planContainer(spec *lab.ContainerSpec, found []runtime.Obser
 		if why, ok := force[spec.Name]; ok && len(reasons) == 0 && spec.Kind == lab.KindAgent {
 			reasons = []string{why}
 		}
-		if len(reasons) == 0 && aside == nil {
-			reasons = append([]string(nil), opts.Drift[string(spec.Kind)+"/"+spec.Name]...)
+		if d, ok := opts.Drift[string(spec.Kind)+"/"+spec.Name]; ok && len(reasons) == 0 && aside == nil && d.Container == primary.ID {
+			reasons = append([]string(nil), d.Reasons...)
 		}
 		a := base
 		a.Old = primary
