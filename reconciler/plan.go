@@ -138,6 +138,11 @@ type PlanOptions struct {
 	// stop-first (kept aside until the new one runs), volumes reused with
 	// their data. Without it they block the objects they are in the way of.
 	Adopt bool
+	// Drift maps "kind/object" to what DeepDrift found changed by hand in
+	// its container, in sync by its labels: that container is recreated.
+	// An entry holds for the container inspected only, so a map kept from
+	// the last check is safe to plan with later.
+	Drift map[string]Drift
 }
 
 type objKey struct {
@@ -324,6 +329,9 @@ func (p *Changeset) planContainer(spec *lab.ContainerSpec, found []runtime.Obser
 		reasons := explain(primary, spec, images)
 		if why, ok := force[spec.Name]; ok && len(reasons) == 0 && spec.Kind == lab.KindAgent {
 			reasons = []string{why}
+		}
+		if d, ok := opts.Drift[string(spec.Kind)+"/"+spec.Name]; ok && len(reasons) == 0 && aside == nil && d.Container == primary.ID {
+			reasons = append([]string(nil), d.Reasons...)
 		}
 		a := base
 		a.Old = primary
