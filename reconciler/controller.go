@@ -32,6 +32,7 @@ type Source interface {
 // Docker is the engine side of a controller: runtime.Client is the real one.
 type Docker interface {
 	Engine
+	DriftInspector
 	Observe(ctx context.Context, labName string) (*runtime.Observed, error)
 	Ping(ctx context.Context) error
 	RestartContainer(ctx context.Context, id string, timeout time.Duration) error
@@ -138,6 +139,10 @@ type Controller struct {
 	// failures counts the failed passes in a row. Only Run's goroutine
 	// uses it.
 	failures int
+	// drift is what the last deep drift check found; reused until the
+	// next one (a drift holds only for the container inspected). Only
+	// Run's goroutine uses it.
+	drift map[string]Drift
 	// forcePrune is ControllerOptions.ForcePrune until a pass has planned
 	// with it. Only Run's goroutine uses it.
 	forcePrune bool
@@ -184,6 +189,11 @@ func (c *Controller) Trigger(reason string) { c.queue.add(reason) }
 // TriggerCleanSlate asks for a pass that also recreates every agent that is
 // in sync and idle, so each starts from a fresh container.
 func (c *Controller) TriggerCleanSlate(reason string) { c.queue.addCleanSlate(reason) }
+
+// TriggerDriftCheck asks for a pass that also inspects each managed
+// container and compares it with its spec field by field (DeepDrift), so
+// that hand changes that keep the labels are found and corrected.
+func (c *Controller) TriggerDriftCheck(reason string) { c.queue.addDriftCheck(reason) }
 
 // Sync asks for a pass that also tries again the changes that failed
 // before, without waiting for their retry time: an operator's request.

@@ -204,3 +204,31 @@ func TestStartOnAnInvalidHeadKeepsTheLastApplied(t *testing.T) {
 		t.Fatalf("after the restart on an invalid head: %v; want alpha and beta running", got)
 	}
 }
+
+// A hand change that keeps the labels is found by the drift check only:
+// an ordinary pass leaves it, the drift-check pass recreates the agent,
+// naming the field.
+func TestDriftCheckRepairsAHandChange(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	lc := newLiveController(t, func(name, image string) map[string]string { return labFiles(name, image, "alpha") }, nil, nil)
+	if r := lc.start(); r.Result != reconciler.ResultOK {
+		t.Fatalf("first pass: %s: %s", r.Result, r.Error)
+	}
+	old := lc.agents(ctx)["alpha"]
+	if err := lc.rt.SetRestartPolicy(ctx, old.ID, "no"); err != nil {
+		t.Fatal(err)
+	}
+	if r := lc.pass(2, "poll"); len(r.Results) != 0 {
+		t.Fatalf("an ordinary pass acted: %+v", r.Results)
+	}
+	lc.ctrl.TriggerDriftCheck("schedule: drift check")
+	r := lc.waitPass(3, "drift check")
+	if res := resultOf(r, "alpha"); res.Status != reconciler.StatusOK || res.Action.Kind != reconciler.Recreate ||
+		!strings.Contains(strings.Join(res.Action.Reasons, "; "), "restart policy changed by hand") {
+		t.Fatalf("drift check: %+v, want alpha recreated for its restart policy", res)
+	}
+	if r := lc.pass(4, "poll"); len(r.Results) != 0 {
+		t.Fatalf("the pass after the repair acted: %+v", r.Results)
+	}
+}

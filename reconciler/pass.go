@@ -244,8 +244,16 @@ func (c *Controller) stepConverge(ctx context.Context, run *Run, req passRequest
 	if err != nil {
 		return err
 	}
+	if req.driftCheck {
+		drift, err := DeepDrift(ctx, c.opts.Docker, desired, obs)
+		if err != nil {
+			// What was found in the other containers still counts.
+			c.log.Warn("deep drift check incomplete", "err", err)
+		}
+		c.drift = drift
+	}
 	forcePrune := c.forcePrune
-	opts := PlanOptions{ForcePrune: forcePrune, Adopt: c.opts.Adopt}
+	opts := PlanOptions{ForcePrune: forcePrune, Adopt: c.opts.Adopt, Drift: c.drift}
 	if req.cleanSlate {
 		opts.Recreate = c.idleAgents(ctx, desired)
 	}
@@ -294,7 +302,7 @@ func (c *Controller) stepConverge(ctx context.Context, run *Run, req passRequest
 			return err
 		}
 		// What still differs after the apply: the drift status shows.
-		if plan, err = PlanHost(ctx, desired, obs, PlanOptions{ForcePrune: forcePrune}, c.opts.Docker.Foreign); err != nil {
+		if plan, err = PlanHost(ctx, desired, obs, PlanOptions{ForcePrune: forcePrune, Drift: c.drift}, c.opts.Docker.Foreign); err != nil {
 			return err
 		}
 	}

@@ -20,6 +20,8 @@ type triggerQueue struct {
 	// retryFailed asks the next pass to try again the changes that
 	// failed before (see failedChanges).
 	retryFailed bool
+	// driftCheck asks the next pass for a deep drift check.
+	driftCheck bool
 	// eventsInPass is set when a die, destroy or unhealthy event came
 	// during a pass: one more pass checks, unless the pass failed and its
 	// retry is due anyway.
@@ -65,11 +67,20 @@ func (q *triggerQueue) addSync(reason string) {
 	q.add(reason)
 }
 
+// addDriftCheck asks for a pass with a deep drift check.
+func (q *triggerQueue) addDriftCheck(reason string) {
+	q.mu.Lock()
+	q.driftCheck = true
+	q.mu.Unlock()
+	q.add(reason)
+}
+
 // passRequest is what the next pass is asked to do.
 type passRequest struct {
 	reasons     []string
 	cleanSlate  bool
 	retryFailed bool
+	driftCheck  bool
 }
 
 // take returns and forgets the request for the next pass; no reasons
@@ -77,8 +88,8 @@ type passRequest struct {
 func (q *triggerQueue) take() passRequest {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	req := passRequest{reasons: q.pending, cleanSlate: q.cleanSlate, retryFailed: q.retryFailed}
-	q.pending, q.cleanSlate, q.retryFailed = nil, false, false
+	req := passRequest{reasons: q.pending, cleanSlate: q.cleanSlate, retryFailed: q.retryFailed, driftCheck: q.driftCheck}
+	q.pending, q.cleanSlate, q.retryFailed, q.driftCheck = nil, false, false, false
 	return req
 }
 

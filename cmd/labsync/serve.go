@@ -259,7 +259,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 	schedules := cron.New()
 	if f.driftSchedule != "" {
-		if _, err := schedules.AddFunc(f.driftSchedule, func() { ctrl.Trigger("schedule: drift check") }); err != nil {
+		if _, err := schedules.AddFunc(f.driftSchedule, func() { ctrl.TriggerDriftCheck("schedule: drift check") }); err != nil {
 			return usageError{fmt.Sprintf("--drift-schedule %q: %v", f.driftSchedule, err)}
 		}
 	}
