@@ -151,6 +151,9 @@ type ApplyOptions struct {
 	// once per binary. Empty: none; an agent that runs it from there must
 	// then find it in its image.
 	AgentBinary string
+	// Source, when set, is stamped on new containers as their lab's
+	// repository (runtime.LabelSource).
+	Source string
 	// AgentMQTTDir, when set, gives agent containers whose environment
 	// names no broker the embedded broker's agents' socket (see
 	// runtime.CreateOptions).
@@ -501,7 +504,7 @@ func (a *applier) waitOptions(spec *lab.ContainerSpec) runtime.WaitOptions {
 }
 
 func (a *applier) createOpts() runtime.CreateOptions {
-	return runtime.CreateOptions{Lab: a.plan.Lab, Revision: a.plan.Revision, AgentMQTTDir: a.opts.AgentMQTTDir}
+	return runtime.CreateOptions{Lab: a.plan.Lab, Revision: a.plan.Revision, Source: a.opts.Source, AgentMQTTDir: a.opts.AgentMQTTDir}
 }
 
 // agentBinary returns the labsync-agent volume for new agent containers,

@@ -37,6 +37,7 @@ type Docker interface {
 	Ping(ctx context.Context) error
 	RestartContainer(ctx context.Context, id string, timeout time.Duration) error
 	Foreign(ctx context.Context, o runtime.ForeignOptions) (*runtime.Foreign, error)
+	LabsOf(ctx context.Context, source string) (map[string]int, error)
 	FailingStreak(ctx context.Context, id string) (int, error)
 }
 
@@ -70,8 +71,20 @@ type ControllerOptions struct {
 	// Adopt takes over the containers, volumes and networks labsync did
 	// not make that stand in its way (the old stack's), in every pass: see
 	// PlanOptions.Adopt. It is meant for the takeover; drop it after.
-	Adopt  bool
-	Apply  ApplyOptions
+	Adopt bool
+	// Identity is the lab's repository (NormalSource of its URL): stamped
+	// on every container the controller makes, and checked against the
+	// containers of the lab's name (see IdentityError). Empty: not
+	// checked.
+	Identity string
+	// IdentityFile, when set, is where the controller records the lab's
+	// name and repositories, so that a renamed lab is noticed.
+	IdentityFile string
+	// AdoptLab is an old name of the lab (or its own name, after its
+	// repository moved): the containers of that name are taken over,
+	// replaced stop-first by this lab's.
+	AdoptLab string
+	Apply    ApplyOptions
 	Logger *slog.Logger
 	// History is the number of runs kept for status (default 50).
 	History int
@@ -143,6 +156,11 @@ type Controller struct {
 	// next one (a drift holds only for the container inspected). Only
 	// Run's goroutine uses it.
 	drift map[string]Drift
+	// identityChecked is the lab name checkIdentity passed; adoptFrom the
+	// old name whose containers are being taken over. Only Run's
+	// goroutine uses them.
+	identityChecked string
+	adoptFrom       string
 	// forcePrune is ControllerOptions.ForcePrune until a pass has planned
 	// with it. Only Run's goroutine uses it.
 	forcePrune bool

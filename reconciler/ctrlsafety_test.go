@@ -232,3 +232,78 @@ func TestDriftCheckRepairsAHandChange(t *testing.T) {
 		t.Fatalf("the pass after the repair acted: %+v", r.Results)
 	}
 }
+
+// A renamed lab is refused while containers of its old name run: they
+// and their devices would be invisible to it. Started with --adopt-lab
+// OLD, the daemon replaces them stop-first with the new name's.
+func TestRenamedLabIsRefusedUntilAdopted(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	record := t.TempDir() + "/lab-identity.json"
+	lc := newLiveController(t, func(name, image string) map[string]string { return labFiles(name, image, "alpha", "beta") }, nil,
+		func(o *reconciler.ControllerOptions) { o.Identity, o.IdentityFile = "https://git.example/lab", record })
+	if r := lc.start(); r.Result != reconciler.ResultOK {
+		t.Fatalf("first pass: %s: %s", r.Result, r.Error)
+	}
+	before := lc.agents(ctx)
+	newName := lc.name + "-new"
+	testenv.CleanupLab(t, lc.rt, newName)
+	lc.commit("rename", map[string]string{"lab.yaml": labFiles(newName, lc.image)["lab.yaml"]})
+	r := lc.pass(2, "rename")
+	if r.Result != reconciler.ResultError || !strings.Contains(r.Error, "renamed from "+lc.name+" to "+newName) || !strings.Contains(r.Error, "--adopt-lab "+lc.name) {
+		t.Fatalf("pass after the rename: %s: %s; want it refused, naming --adopt-lab", r.Result, r.Error)
+	}
+	if obs, _ := lc.rt.Observe(ctx, newName); len(obs.Containers) != 0 {
+		t.Fatalf("the renamed lab made %d container(s) beside the old ones", len(obs.Containers))
+	}
+	for name, c := range lc.agents(ctx) {
+		if c.ID != before[name].ID || c.State != "running" {
+			t.Fatalf("the old lab's %s was touched: %+v", name, c)
+		}
+	}
+
+	lc.opts.AdoptLab = lc.name
+	if r := lc.restart(); r.Result != reconciler.ResultOK {
+		t.Fatalf("pass with --adopt-lab: %s: %s %+v", r.Result, r.Error, r.Results)
+	}
+	if old := lc.agents(ctx); len(old) != 0 {
+		t.Errorf("containers of the old name left: %v", old)
+	}
+	obs, err := lc.rt.Observe(ctx, newName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range obs.Containers {
+		if c.State != "running" || c.Source != "https://git.example/lab" {
+			t.Errorf("new container %s: %s, source %q", c.Name, c.State, c.Source)
+		}
+	}
+	if len(obs.Containers) != 2 {
+		t.Fatalf("%d containers of the new name, want alpha and beta", len(obs.Containers))
+	}
+}
+
+// Two labs of one name on one engine would prune each other: the second
+// is refused, and the first's containers are left as they run.
+func TestTwoLabsOfOneNameAreRefused(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	lc := newLiveController(t, func(name, image string) map[string]string { return labFiles(name, image, "alpha") }, nil,
+		func(o *reconciler.ControllerOptions) {
+			o.Identity, o.IdentityFile = "https://git.example/team-a/lab", t.TempDir()+"/lab-identity.json"
+		})
+	if r := lc.start(); r.Result != reconciler.ResultOK {
+		t.Fatalf("first pass: %s: %s", r.Result, r.Error)
+	}
+	before := lc.agents(ctx)["alpha"]
+	// Another daemon, of another repository with the same base name.
+	lc.opts.Identity, lc.opts.IdentityFile = "https://git.example/team-b/lab", t.TempDir()+"/lab-identity.json"
+	lc.commit("team b's lab", map[string]string{"sut/alpha.conf": "", "sut/alpha_snappy.yaml": "", "sut/gamma.conf": agentConf("gamma")})
+	r := lc.restart()
+	if r.Result != reconciler.ResultError || !strings.Contains(r.Error, "another lab of that name, from https://git.example/team-a/lab") {
+		t.Fatalf("second lab of the name: %s: %s; want it refused", r.Result, r.Error)
+	}
+	if got := lc.agents(ctx); len(got) != 1 || got["alpha"].ID != before.ID || got["alpha"].State != "running" {
+		t.Fatalf("the first lab's containers were touched: %v", got)
+	}
+}

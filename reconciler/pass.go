@@ -244,6 +244,12 @@ func (c *Controller) stepConverge(ctx context.Context, run *Run, req passRequest
 	if err != nil {
 		return err
 	}
+	if err := c.checkIdentity(ctx, desired, obs); err != nil {
+		return err
+	}
+	if err := c.withAdopted(ctx, obs); err != nil {
+		return err
+	}
 	if req.driftCheck {
 		drift, err := DeepDrift(ctx, c.opts.Docker, desired, obs)
 		if err != nil {
@@ -278,6 +284,7 @@ func (c *Controller) stepConverge(ctx context.Context, run *Run, req passRequest
 		if c.opts.AgentMQTTDir != nil {
 			aopts.AgentMQTTDir = c.opts.AgentMQTTDir(desired)
 		}
+		aopts.Source = c.opts.Identity
 		aopts.ForceBusy = c.busy.expired(desired, plan, aopts.Logger)
 		if c.opts.AgentIdle != nil && desired.TestflingerServer != "" {
 			aopts.ServerBusy = func(ctx context.Context, agent string) (bool, error) {
@@ -299,6 +306,9 @@ func (c *Controller) stepConverge(ctx context.Context, run *Run, req passRequest
 		}
 		seq = c.store.beginObservation()
 		if obs, err = c.opts.Docker.Observe(ctx, desired.Lab); err != nil {
+			return err
+		}
+		if err := c.withAdopted(ctx, obs); err != nil {
 			return err
 		}
 		// What still differs after the apply: the drift status shows.

@@ -327,6 +327,10 @@ func (p *Changeset) planContainer(spec *lab.ContainerSpec, found []runtime.Obser
 		}
 		leftovers = append(leftovers, others...)
 		reasons := explain(primary, spec, images)
+		if primary.Lab != "" && primary.Lab != p.desired.Lab {
+			// Taken over from the lab's old name (ControllerOptions.AdoptLab).
+			reasons = append([]string{fmt.Sprintf("container belongs to lab %s, now %s: taken over", primary.Lab, p.desired.Lab)}, reasons...)
+		}
 		if why, ok := force[spec.Name]; ok && len(reasons) == 0 && spec.Kind == lab.KindAgent {
 			reasons = []string{why}
 		}

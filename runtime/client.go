@@ -31,6 +31,10 @@ const (
 	LabelRevision = "io.labsync.revision"
 	LabelSchema   = "io.labsync.schema"
 	LabelDevice   = "io.labsync.device"
+	// LabelSource says which lab made a container: the URL of its
+	// repository, without credentials. Two labs of one name on one engine
+	// are told apart by it.
+	LabelSource = "io.labsync.source"
 )
 
 // AsideSuffix is appended to the name of a container that a recreate has

@@ -30,6 +30,8 @@ type CreateOptions struct {
 	Revision string
 	// Name overrides the container name (used to create beside an old one).
 	Name string
+	// Source, when set, is stamped as LabelSource.
+	Source string
 	// AgentBinary, when set, is mounted read-only at lab.AgentBinDir in
 	// agent containers (and filled first if need be). It is added at
 	// create and is not part of the spec hash.
@@ -69,6 +71,16 @@ func ManagedLabels(spec *lab.ContainerSpec, labName, revision string) map[string
 	labels[LabelSchema] = lab.SchemaVersion
 	if spec.Device != "" {
 		labels[LabelDevice] = spec.Device
+	}
+	return labels
+}
+
+// createLabels are the labels of a new container: ManagedLabels, and the
+// lab's source when known.
+func createLabels(spec *lab.ContainerSpec, opts CreateOptions) map[string]string {
+	labels := ManagedLabels(spec, opts.Lab, opts.Revision)
+	if opts.Source != "" {
+		labels[LabelSource] = opts.Source
 	}
 	return labels
 }
@@ -161,7 +173,7 @@ func (c *Client) containerConfig(spec *lab.ContainerSpec, opts CreateOptions) (*
 		Cmd:        spec.Command,
 		Entrypoint: spec.Entrypoint,
 		Env:        env,
-		Labels:     ManagedLabels(spec, opts.Lab, opts.Revision),
+		Labels:     createLabels(spec, opts),
 		Hostname:   spec.Hostname,
 		Domainname: spec.Domainname,
 		User:       spec.User,

@@ -55,6 +55,11 @@ type ObservedContainer struct {
 	Networks []string
 	// Created is when the container was made.
 	Created time.Time
+	// Lab and Source are the lab that made the container and its
+	// repository (LabelSource; empty on containers made before labsync
+	// stamped it).
+	Lab    string
+	Source string
 	// ComposeProject and ComposeService are Compose's labels, on a
 	// container labsync did not make (see Foreign).
 	ComposeProject string
@@ -84,6 +89,22 @@ func labFilter(labName string) filters.Args {
 		filters.Arg("label", LabelManaged+"=true"),
 		filters.Arg("label", LabelLab+"="+labName),
 	)
+}
+
+// LabsOf returns the names of the labs whose containers on this engine
+// carry source as their LabelSource, with how many containers each has.
+// One list call.
+func (c *Client) LabsOf(ctx context.Context, source string) (map[string]int, error) {
+	f := filters.NewArgs(filters.Arg("label", LabelManaged+"=true"), filters.Arg("label", LabelSource+"="+source))
+	cs, err := c.api.ContainerList(ctx, container.ListOptions{All: true, Filters: f})
+	if err != nil {
+		return nil, fmt.Errorf("list containers of %s: %w", source, err)
+	}
+	out := map[string]int{}
+	for _, s := range cs {
+		out[s.Labels[LabelLab]]++
+	}
+	return out, nil
 }
 
 // Observe lists everything labelled for labName: containers, networks and
@@ -150,6 +171,8 @@ func observedContainer(s container.Summary) ObservedContainer {
 		Aside:    strings.HasSuffix(name, AsideSuffix),
 		Device:   s.Labels[LabelDevice],
 		Created:  time.Unix(s.Created, 0),
+		Lab:      s.Labels[LabelLab],
+		Source:   s.Labels[LabelSource],
 	}
 	for _, m := range s.Mounts {
 		if m.Type == "volume" && m.Name != "" {

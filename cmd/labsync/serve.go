@@ -37,6 +37,7 @@ type serveFlags struct {
 	insecureWebhooks bool
 	forcePrune       bool
 	adopt            bool
+	adoptLab         string
 	parallelism      int
 	stopTimeout      time.Duration
 	flapMax          int
@@ -64,6 +65,7 @@ func (f *serveFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.apiTokenF, "api-token-file", "", "file with the bearer token of the API's POST endpoints (or LABSYNC_API_TOKEN); without one they refuse every request")
 	fs.BoolVar(&f.forcePrune, "force-prune", false, "let the first pass remove orphans even when the mass-removal guard trips (later passes are guarded again)")
 	fs.BoolVar(&f.adopt, "adopt", false, adoptUsage+"; until the first pass that applies cleanly")
+	fs.StringVar(&f.adoptLab, "adopt-lab", "", "take over the containers of this lab name: the lab's old name after a rename, or its own name after its repository moved (replaced stop-first by this lab's)")
 	fs.IntVar(&f.parallelism, "parallelism", 0, "agents changed at once (default: agents.update.parallelism, 4)")
 	fs.DurationVar(&f.stopTimeout, "stop-timeout", reconciler.DefaultStopTimeout, "time a container gets to stop before it is killed")
 	fs.IntVar(&f.flapMax, "flap-limit", 5, "Docker events of one container that may trigger passes within --flap-window")
@@ -224,6 +226,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		PollInterval: f.pollInterval, MinBackoff: f.minBackoff, MaxBackoff: f.maxBackoff,
 		ForcePrune:   f.forcePrune,
 		Adopt:        f.adopt,
+		Identity:     reconciler.NormalSource(src.URL()),
+		IdentityFile: filepath.Join(f.dataDir, "lab-identity.json"),
+		AdoptLab:     f.adoptLab,
 		Apply:        reconciler.ApplyOptions{Parallelism: f.parallelism, StopTimeout: f.stopTimeout, IgnoreBusy: f.ignoreBusy, AgentBinary: agentBin},
 		AgentMQTTDir: mq.agentSocketDir,
 		BusyRecheck:  f.busyRecheck,
