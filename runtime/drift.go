@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"path"
 	"slices"
 	"sort"
@@ -271,7 +272,7 @@ func (in *driftInput) envDrift() string {
 		delete(got, "PATH")
 	}
 	var diffs []string
-	for _, k := range sortedKeys(want) {
+	for _, k := range slices.Sorted(maps.Keys(want)) {
 		g, ok := got[k]
 		switch {
 		case !ok:
@@ -282,7 +283,7 @@ func (in *driftInput) envDrift() string {
 			diffs = append(diffs, k+" changed")
 		}
 	}
-	for _, k := range sortedKeys(got) {
+	for _, k := range slices.Sorted(maps.Keys(got)) {
 		if _, ok := want[k]; !ok {
 			diffs = append(diffs, k+" added")
 		}
@@ -374,12 +375,12 @@ func portsDrift(wantExposed nat.PortSet, imgExposed map[string]struct{}, wantBin
 		got[string(p)] = true
 	}
 	var d []string
-	for _, p := range sortedKeys(want) {
+	for _, p := range slices.Sorted(maps.Keys(want)) {
 		if !got[p] {
 			d = append(d, p+" no longer exposed")
 		}
 	}
-	for _, p := range sortedKeys(got) {
+	for _, p := range slices.Sorted(maps.Keys(got)) {
 		if !want[p] {
 			d = append(d, p+" exposed")
 		}
@@ -391,7 +392,7 @@ func portsDrift(wantExposed nat.PortSet, imgExposed map[string]struct{}, wantBin
 	for p := range gotBind {
 		ports[string(p)] = true
 	}
-	for _, p := range sortedKeys(ports) {
+	for _, p := range slices.Sorted(maps.Keys(ports)) {
 		w, g := bindings(wantBind[nat.Port(p)]), bindings(gotBind[nat.Port(p)])
 		if !slices.Equal(w, g) {
 			d = append(d, fmt.Sprintf("%s published on [%s] -> [%s]", p, strings.Join(w, " "), strings.Join(g, " ")))
@@ -526,7 +527,7 @@ func (in *driftInput) mountsDrift() string {
 		}
 	}
 	var d []string
-	for _, dst := range sortedKeys(want) {
+	for _, dst := range slices.Sorted(maps.Keys(want)) {
 		w := want[dst]
 		g, ok := got[dst]
 		switch {
@@ -541,7 +542,7 @@ func (in *driftInput) mountsDrift() string {
 			d = append(d, fmt.Sprintf("%s: %s -> %s", dst, w, g))
 		}
 	}
-	for _, dst := range sortedKeys(got) {
+	for _, dst := range slices.Sorted(maps.Keys(got)) {
 		if _, ok := want[dst]; !ok {
 			d = append(d, fmt.Sprintf("%s mounted (%s)", dst, got[dst]))
 		}
@@ -608,7 +609,7 @@ func (in *driftInput) networksDrift() string {
 			d = append(d, fmt.Sprintf("%s: aliases [%s] -> [%s]", n.Network, strings.Join(sorted(n.Aliases), " "), strings.Join(sorted(aliases), " ")))
 		}
 	}
-	for _, n := range sortedKeys(got) {
+	for _, n := range slices.Sorted(maps.Keys(got)) {
 		if !wanted[n] {
 			d = append(d, n+" connected")
 		}
@@ -690,15 +691,6 @@ func sameMap(a, b map[string]string) bool {
 
 func sorted(s []string) []string {
 	out := slices.Clone(s)
-	sort.Strings(out)
-	return out
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
 	sort.Strings(out)
 	return out
 }
