@@ -104,7 +104,10 @@ func TestPanicInAPassIsReported(t *testing.T) {
 	if res := resultOf(r, "alpha"); res.Status != reconciler.StatusFailed || !strings.Contains(res.Error, "create exploded") {
 		t.Fatalf("action that panicked: %+v, want it failed with the panic", r.Results)
 	}
-	r = lc.pass(3, "once more")
+	// The failed create is not retried on its own (it failed): a sync
+	// asks for it.
+	lc.ctrl.Sync("api: sync")
+	r = lc.waitPass(3, "sync")
 	if r.Result != reconciler.ResultOK {
 		t.Fatalf("third pass: %s: %s", r.Result, r.Error)
 	}
