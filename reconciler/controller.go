@@ -126,7 +126,7 @@ type AutoHeal struct {
 
 // Retry times of failed changes (see ControllerOptions.FailedRetry).
 const (
-	DefaultFailedRetry = 10 * time.Minute
+	DefaultFailedRetry = 2 * time.Minute
 	MaxFailedRetry     = 2 * time.Hour
 )
 
