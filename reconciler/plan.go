@@ -293,10 +293,15 @@ func (p *Changeset) hold(name string, found []runtime.ObservedContainer, reasons
 func (p *Changeset) planContainer(spec *lab.ContainerSpec, found []runtime.ObservedContainer, images map[string]string, opts PlanOptions) {
 	force := opts.Recreate
 	var primary, aside *runtime.ObservedContainer
-	var others []runtime.ObservedContainer
+	// others are duplicates and containers of an old name; the
+	// never-started ones come last, and are never taken for the object's
+	// container.
+	var others, unstarted []runtime.ObservedContainer
 	for i := range found {
 		c := &found[i]
 		switch {
+		case neverStarted(c):
+			unstarted = append(unstarted, *c)
 		case c.Name == spec.ContainerName && primary == nil:
 			primary = c
 		case c.Name == spec.ContainerName+runtime.AsideSuffix && aside == nil:
@@ -305,6 +310,8 @@ func (p *Changeset) planContainer(spec *lab.ContainerSpec, found []runtime.Obser
 			others = append(others, *c)
 		}
 	}
+	renamed := len(others)
+	others = append(others, unstarted...)
 	base := Action{ObjectKind: string(spec.Kind), Object: spec.Name, Target: spec.ContainerName, Spec: spec}
 	switch {
 	case primary != nil && aside != nil && len(explain(primary, spec, images)) == 0:
@@ -357,8 +364,11 @@ func (p *Changeset) planContainer(spec *lab.ContainerSpec, found []runtime.Obser
 			a.Kind = Restore
 			a.Reasons = []string{"restore the container set aside by an interrupted recreate"}
 		}
+		if len(unstarted) > 0 {
+			a.Reasons = append(a.Reasons, leftoverReasons(unstarted)...)
+		}
 		p.add(a)
-	case len(others) > 0:
+	case renamed > 0:
 		a := base
 		a.Kind = Recreate
 		a.Old = &others[0]
@@ -377,14 +387,30 @@ func (p *Changeset) planContainer(spec *lab.ContainerSpec, found []runtime.Obser
 		a := base
 		a.Kind = Create
 		a.Reasons = []string{"declared in " + sourceList(spec) + ", no container yet"}
+		if len(others) > 0 {
+			// Only never-started containers: removed first.
+			a.Leftovers = others
+			a.Reasons = leftoverReasons(others)
+		}
 		p.add(a)
 	}
+}
+
+// neverStarted reports whether c was created and never started. Such a
+// container may be half-made: labelled with its final spec hash at create,
+// but stopped by a crash before its networks, files or labsync-agent were
+// added. It never counts as the object's container; it is removed and
+// made again. A container set aside was started once: it is the old one.
+func neverStarted(c *runtime.ObservedContainer) bool {
+	return c.State == "created" && !c.Aside
 }
 
 func leftoverReasons(l []runtime.ObservedContainer) []string {
 	var out []string
 	for _, c := range l {
-		if c.Aside {
+		if neverStarted(&c) {
+			out = append(out, fmt.Sprintf("%s was created but never started: an apply may have stopped while making it", c.Name))
+		} else if c.Aside {
 			out = append(out, fmt.Sprintf("%s is left over from an interrupted recreate", c.Name))
 		} else {
 			out = append(out, fmt.Sprintf("%s is a duplicate of this object", c.Name))

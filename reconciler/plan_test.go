@@ -87,6 +87,25 @@ func withDevices(fsys fstest.MapFS) fstest.MapFS {
 	return fsys
 }
 
+// quietBeta is planLab with a change to beta's conf.
+func quietBeta(agents ...string) fstest.MapFS {
+	fsys := planLab(agents...)
+	fsys["sut/beta.conf"].Data = []byte(agentConf("beta") + "logging_quiet: true\n")
+	return fsys
+}
+
+// specOf returns the spec hash and fields of object in fsys.
+func specOf(t *testing.T, fsys fstest.MapFS, object string) (string, map[string]string) {
+	t.Helper()
+	for _, c := range compile(t, fsys).Containers {
+		if c.Name == object {
+			return c.Hash, c.Fields
+		}
+	}
+	t.Fatalf("no container %s", object)
+	return "", nil
+}
+
 func find(o *runtime.Observed, object string) *runtime.ObservedContainer {
 	for i := range o.Containers {
 		if o.Containers[i].Object == object {
@@ -148,6 +167,22 @@ func TestPlanGolden(t *testing.T) {
 			d.ID, d.Name, d.Aside = "id-delta-old", "delta"+runtime.AsideSuffix, true
 			o.Containers = append(o.Containers, d)
 		}},
+		{name: "half-made", desired: func(t *testing.T) *lab.Desired { return compile(t, quietBeta(four...)) },
+			observe: func(o *runtime.Observed) {
+				// alpha: made, then the apply stopped before its files.
+				a := find(o, "alpha")
+				a.State, a.Status = "created", "Created"
+				// beta: a recreate stopped while making the new container.
+				b := find(o, "beta")
+				newBeta := *b
+				b.Name, b.Aside, b.State, b.Status = "beta"+runtime.AsideSuffix, true, "exited", "Exited (0) 1 minute ago"
+				newBeta.ID, newBeta.State, newBeta.Status = "id-beta-new", "created", "Created"
+				newBeta.Hash, newBeta.Fields = specOf(t, quietBeta(four...), "beta")
+				// delta: in sync, next to a never-started duplicate.
+				dup := *find(o, "delta")
+				dup.ID, dup.Name, dup.State, dup.Status = "id-delta-dup", "lab-delta", "created", "Created"
+				o.Containers = append(o.Containers, newBeta, dup)
+			}},
 		{name: "device-moves-to-new-agent", desired: func(t *testing.T) *lab.Desired {
 			fsys := withDevices(planLab(four...))
 			fsys["sut/gamma.lab.yaml"] = &fstest.MapFile{Data: []byte("enabled: false\n")}
