@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math"
 	"sort"
+	"strings"
 
 	"github.com/labsync/labsync/lab"
 	"github.com/labsync/labsync/runtime"
@@ -428,7 +429,8 @@ func sourceList(spec *lab.ContainerSpec) string {
 
 func (p *Changeset) planPrune(desired *lab.Desired, observed *runtime.Observed, byObject map[objKey][]runtime.ObservedContainer, declared map[objKey]bool, opts PlanOptions) {
 	var orphans []Action
-	observedAgents, orphanAgents := 0, 0
+	observedAgents, orphanAgents, observedServices := 0, 0, 0
+	var orphanServices []string
 	keys := make([]objKey, 0, len(byObject))
 	for k := range byObject {
 		keys = append(keys, k)
@@ -440,14 +442,20 @@ func (p *Changeset) planPrune(desired *lab.Desired, observed *runtime.Observed, 
 		return keys[i].name < keys[j].name
 	})
 	for _, k := range keys {
-		if k.kind == lab.KindAgent {
+		switch k.kind {
+		case lab.KindAgent:
 			observedAgents++
+		case lab.KindService:
+			observedServices++
 		}
 		if declared[k] {
 			continue
 		}
-		if k.kind == lab.KindAgent {
+		switch k.kind {
+		case lab.KindAgent:
 			orphanAgents++
+		case lab.KindService:
+			orphanServices = append(orphanServices, k.name)
 		}
 		for i := range byObject[k] {
 			c := byObject[k][i]
@@ -489,19 +497,50 @@ func (p *Changeset) planPrune(desired *lab.Desired, observed *runtime.Observed, 
 		p.Warnings = append(p.Warnings, fmt.Sprintf("prune is disabled in lab.yaml: %d object(s) no longer declared are kept", len(orphans)))
 		return
 	}
-	allowed := int(math.Floor(desired.Prune.MaxFraction * float64(observedAgents)))
-	allowed = max(allowed, 1)
-	emptied := len(desired.Containers) == 0 && len(observed.Containers) > 0
-	if !opts.ForcePrune && (emptied || orphanAgents > allowed) {
+	if opts.ForcePrune {
+		p.Actions = append(p.Actions, orphans...)
+		return
+	}
+	if why, howto := pruneGuard(desired, observed, observedAgents, orphanAgents, observedServices, orphanServices); why != "" {
 		p.PruneBlocked = true
-		why := fmt.Sprintf("this revision would remove %d of %d agents, more than prune.max_fraction (%g) allows", orphanAgents, observedAgents, desired.Prune.MaxFraction)
-		if emptied {
-			why = "this revision declares no containers at all and would empty the lab"
-		}
-		p.Warnings = append(p.Warnings, fmt.Sprintf("prune guard: %s, so nothing is removed. If that is intended, apply with --force-prune or raise prune.max_fraction in lab.yaml", why))
+		p.Warnings = append(p.Warnings, fmt.Sprintf("prune guard: %s, so nothing is removed. If that is intended, %s", why, howto))
 		return
 	}
 	p.Actions = append(p.Actions, orphans...)
+}
+
+// pruneGuard says why the orphans of a revision must not be removed, and
+// how to override that; empty when they may. A revision may remove at most
+// prune.max_fraction of the agents and of the services on the host
+// (rounded down, one is always allowed), never all of the services, and
+// never every container of the lab.
+func pruneGuard(desired *lab.Desired, observed *runtime.Observed, observedAgents, orphanAgents, observedServices int, orphanServices []string) (why, howto string) {
+	frac := desired.Prune.MaxFraction
+	howto = "apply with --force-prune or raise prune.max_fraction in lab.yaml"
+	if len(desired.Containers) == 0 && len(observed.Containers) > 0 {
+		return "this revision declares no containers at all and would empty the lab", "apply with --force-prune"
+	}
+	var whys []string
+	if orphanAgents > allowedRemovals(frac, observedAgents) {
+		whys = append(whys, fmt.Sprintf("this revision would remove %d of %d agents, more than prune.max_fraction (%g) allows", orphanAgents, observedAgents, frac))
+	}
+	n := len(orphanServices)
+	switch {
+	case n > 0 && n == observedServices:
+		// The stack itself goes (a deleted compose file): never on a
+		// fraction alone.
+		whys = append(whys, fmt.Sprintf("this revision would remove %d of %d services (%s), all of them", n, observedServices, strings.Join(orphanServices, ", ")))
+		howto = "apply with --force-prune"
+	case n > allowedRemovals(frac, observedServices):
+		whys = append(whys, fmt.Sprintf("this revision would remove %d of %d services (%s), more than prune.max_fraction (%g) allows", n, observedServices, strings.Join(orphanServices, ", "), frac))
+	}
+	return strings.Join(whys, "; "), howto
+}
+
+// allowedRemovals is how many of n objects of one kind a revision may
+// remove: prune.max_fraction of them, rounded down, and at least one.
+func allowedRemovals(frac float64, n int) int {
+	return max(int(math.Floor(frac*float64(n))), 1)
 }
 
 // stopDeviceConflicts stops, before any agent is created, each running

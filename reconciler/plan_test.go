@@ -87,6 +87,21 @@ func withDevices(fsys fstest.MapFS) fstest.MapFS {
 	return fsys
 }
 
+// oneService is planLab without the api service.
+func oneService(fsys fstest.MapFS) fstest.MapFS {
+	fsys["docker-compose.yaml"] = &fstest.MapFile{Data: []byte(`services:
+  redis:
+    image: redis:7
+    volumes: [data:/data]
+networks:
+  lab: {}
+volumes:
+  data: {}
+`)}
+	delete(fsys, "api/Dockerfile")
+	return fsys
+}
+
 // quietBeta is planLab with a change to beta's conf.
 func quietBeta(agents ...string) fstest.MapFS {
 	fsys := planLab(agents...)
@@ -149,6 +164,21 @@ func TestPlanGolden(t *testing.T) {
 		{name: "prune-guard-empty-lab", desired: func(t *testing.T) *lab.Desired {
 			return compile(t, fstest.MapFS{"lab.yaml": {Data: []byte("name: plan\n")}})
 		}},
+		{name: "prune-guard-services", desired: func(t *testing.T) *lab.Desired {
+			// The compose file is deleted: the agents stay, the stack goes.
+			fsys := planLab(four...)
+			delete(fsys, "docker-compose.yaml")
+			return compile(t, fsys)
+		}},
+		{name: "prune-guard-last-service", desired: func(t *testing.T) *lab.Desired {
+			fsys := planLab(four...)
+			delete(fsys, "docker-compose.yaml")
+			fsys["lab.yaml"].Data = append(fsys["lab.yaml"].Data, []byte("prune:\n  max_fraction: 1\n")...)
+			return compile(t, fsys)
+		}, base: func(t *testing.T) *lab.Desired {
+			return compile(t, oneService(planLab("alpha", "beta", "delta", "gamma")))
+		}},
+		{name: "orphan-service", desired: func(t *testing.T) *lab.Desired { return compile(t, oneService(planLab(four...))) }},
 		{name: "prune-disabled", desired: func(t *testing.T) *lab.Desired {
 			fsys := planLab("alpha", "beta", "delta")
 			fsys["lab.yaml"].Data = append(fsys["lab.yaml"].Data, []byte("prune:\n  enabled: false\n")...)
@@ -224,6 +254,48 @@ func TestPlanGolden(t *testing.T) {
 			j2, _ := json.Marshal(again)
 			if !bytes.Equal(j1, j2) {
 				t.Error("two plans of the same inputs differ")
+			}
+		})
+	}
+}
+
+// The prune guard counts services as it counts agents: a revision that
+// would remove more than prune.max_fraction of them, or all of them,
+// removes nothing unless forced, and the warning names them.
+func TestPruneGuardCountsServices(t *testing.T) {
+	four := []string{"alpha", "beta", "delta", "gamma"}
+	noCompose := func(fsys fstest.MapFS) fstest.MapFS { delete(fsys, "docker-compose.yaml"); return fsys }
+	cases := []struct {
+		name          string
+		base, desired fstest.MapFS
+		force         bool
+		blocked       bool
+		warns         []string
+	}{
+		{name: "compose file deleted", base: planLab(four...), desired: noCompose(planLab(four...)), blocked: true,
+			warns: []string{"2 of 2 services (api, redis)", "--force-prune"}},
+		{name: "last service", base: oneService(planLab(four...)), desired: noCompose(planLab(four...)), blocked: true,
+			warns: []string{"1 of 1 services (redis)", "all of them", "--force-prune"}},
+		{name: "forced", base: planLab(four...), desired: noCompose(planLab(four...)), force: true},
+		{name: "one of two", base: planLab(four...), desired: oneService(planLab(four...))},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := reconciler.Plan(compile(t, tc.desired), observedFrom(compile(t, tc.base)), reconciler.PlanOptions{ForcePrune: tc.force})
+			removes := 0
+			for _, a := range p.Actions {
+				if a.Kind == reconciler.Remove {
+					removes++
+				}
+			}
+			if p.PruneBlocked != tc.blocked || (removes == 0) != tc.blocked {
+				t.Fatalf("blocked = %v with %d removals, want blocked %v; warnings %q", p.PruneBlocked, removes, tc.blocked, p.Warnings)
+			}
+			all := strings.Join(p.Warnings, "\n")
+			for _, w := range tc.warns {
+				if !strings.Contains(all, w) {
+					t.Errorf("warnings lack %q: %q", w, p.Warnings)
+				}
 			}
 		})
 	}
