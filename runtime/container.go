@@ -297,11 +297,32 @@ func filesTar(files []lab.FileSpec) (io.Reader, error) {
 
 // SetRestartPolicy changes the restart policy of a container: a container
 // set aside gets "no", so a daemon restart does not bring it back.
+//
+// The engine refuses to update a container whose process has just exited
+// while it still counts it as running ("cannot update a stopped
+// container"), as happens again and again to one that restarts in a loop;
+// such a refused update also ends the loop, with the old policy kept. So
+// the update is tried again, for a few seconds, as long as the container
+// exists.
 func (c *Client) SetRestartPolicy(ctx context.Context, id, policy string) error {
-	if _, err := c.api.ContainerUpdate(ctx, id, container.UpdateConfig{RestartPolicy: restartPolicy(policy)}); err != nil {
-		return fmt.Errorf("update restart policy: %w", err)
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		_, err := c.api.ContainerUpdate(ctx, id, container.UpdateConfig{RestartPolicy: restartPolicy(policy)})
+		if err == nil {
+			return nil
+		}
+		if _, ierr := c.api.ContainerInspect(ctx, id); ierr != nil {
+			return fmt.Errorf("update restart policy: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("update restart policy: %w", err)
+		case <-tick.C:
+		}
 	}
-	return nil
 }
 
 // Preflight checks, without changing anything, what creating spec needs:
@@ -380,10 +401,11 @@ func (c *Client) RemoveContainer(ctx context.Context, id string) error {
 
 // WaitOptions say when a started container counts as up.
 type WaitOptions struct {
-	// Healthy waits for Docker's health status to be healthy.
+	// Healthy waits for Docker's health status to be healthy, when the
+	// container has a healthcheck.
 	Healthy bool
-	// MinUptime is how long a container without a healthcheck must keep
-	// running.
+	// MinUptime is how long a container without a healthcheck (or waited
+	// for without Healthy) must keep running.
 	MinUptime time.Duration
 	Timeout   time.Duration
 	// Poll is the inspect interval; 0 means 200ms.
