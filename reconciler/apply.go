@@ -128,7 +128,9 @@ const (
 type ApplyOptions struct {
 	// Parallelism caps concurrent agent actions; 0 uses the lab's setting.
 	Parallelism int
-	// StopTimeout is how long a container gets to stop before it is killed.
+	// StopTimeout is how long a container gets to stop before it is
+	// killed, in whole seconds (rounded up); 0 means DefaultStopTimeout.
+	// It must not be negative: the stops fail.
 	StopTimeout time.Duration
 	Logger      *slog.Logger
 	// OnStep, when set, is called after each step of each action, from

@@ -369,13 +369,34 @@ func (c *Client) StartContainer(ctx context.Context, id string) error {
 }
 
 // StopContainer stops a container, giving it timeout to exit before it is
-// killed. A container already stopped is not an error.
+// killed (see stopOptions). A container already stopped is not an error.
 func (c *Client) StopContainer(ctx context.Context, id string, timeout time.Duration) error {
-	secs := int(timeout.Seconds())
-	if err := c.api.ContainerStop(ctx, id, container.StopOptions{Timeout: &secs}); err != nil && !cerrdefs.IsNotModified(err) {
+	opts, err := stopOptions(timeout)
+	if err != nil {
+		return fmt.Errorf("stop: %w", err)
+	}
+	if err := c.api.ContainerStop(ctx, id, opts); err != nil && !cerrdefs.IsNotModified(err) {
 		return fmt.Errorf("stop: %w", err)
 	}
 	return nil
+}
+
+// ErrNegativeStopTimeout is returned for a stop timeout below zero.
+var ErrNegativeStopTimeout = errors.New("stop timeout is negative")
+
+// stopOptions gives a container timeout to exit after the stop signal,
+// rounded up to whole seconds (the engine's unit), before it is killed.
+// Zero means the engine's default grace: the container's own stop timeout,
+// else 10 s. Never zero seconds: that would kill without grace.
+func stopOptions(timeout time.Duration) (container.StopOptions, error) {
+	switch {
+	case timeout < 0:
+		return container.StopOptions{}, fmt.Errorf("%w: %s", ErrNegativeStopTimeout, timeout)
+	case timeout == 0:
+		return container.StopOptions{}, nil
+	}
+	secs := int((timeout + time.Second - 1) / time.Second)
+	return container.StopOptions{Timeout: &secs}, nil
 }
 
 // RenameContainer renames a container.
@@ -535,10 +556,14 @@ func (c *Client) AgentActivity(ctx context.Context, id string) (Activity, error)
 	return Activity{Known: true, Busy: fresh && hb.State == "busy", JobID: hb.JobID, Since: hb.Since, Offline: fresh && hb.Offline}, nil
 }
 
-// RestartContainer stops a container (within timeout) and starts it again.
+// RestartContainer stops a container (within timeout, as StopContainer)
+// and starts it again.
 func (c *Client) RestartContainer(ctx context.Context, id string, timeout time.Duration) error {
-	secs := int(timeout.Seconds())
-	if err := c.api.ContainerRestart(ctx, id, container.StopOptions{Timeout: &secs}); err != nil {
+	opts, err := stopOptions(timeout)
+	if err != nil {
+		return fmt.Errorf("restart: %w", err)
+	}
+	if err := c.api.ContainerRestart(ctx, id, opts); err != nil {
 		return fmt.Errorf("restart: %w", err)
 	}
 	return nil
