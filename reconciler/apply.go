@@ -129,7 +129,9 @@ const (
 type ApplyOptions struct {
 	// Parallelism caps concurrent agent actions; 0 uses the lab's setting.
 	Parallelism int
-	// StopTimeout is how long a container gets to stop before it is killed.
+	// StopTimeout is how long a container gets to stop before it is
+	// killed, in whole seconds (rounded up); 0 means DefaultStopTimeout.
+	// It must not be negative: the stops fail.
 	StopTimeout time.Duration
 	Logger      *slog.Logger
 	// OnStep, when set, is called after each step of each action, from
@@ -472,13 +474,7 @@ func (a *applier) do(ctx context.Context, act *Action, releaseFirst bool) (Statu
 	case Finish:
 		return a.finish(ctx, act)
 	case Stop:
-		// Stopped for good: restart policy "no", so a daemon restart does
-		// not bring it back next to the agent that took its device.
-		// Policy first: a reboot between the two must not revive it.
-		if err := a.eng.SetRestartPolicy(ctx, act.Old.ID, "no"); err != nil {
-			return a.failed(ctx, err)
-		}
-		if err := a.stop(ctx, act.Old); err != nil {
+		if err := a.stopForGood(ctx, act.Old); err != nil {
 			return a.failed(ctx, err)
 		}
 		a.step(act, StepStopped)
@@ -556,6 +552,17 @@ func (a *applier) stop(ctx context.Context, c *runtime.ObservedContainer) error 
 	return nil
 }
 
+// stopForGood stops a container that is to stay stopped (until it is
+// removed) with restart policy "no", so a daemon restart does not bring it
+// back next to the agent that took its device. Policy first: a reboot
+// between the two must not revive it.
+func (a *applier) stopForGood(ctx context.Context, c *runtime.ObservedContainer) error {
+	if err := a.eng.SetRestartPolicy(ctx, c.ID, "no"); err != nil {
+		return err
+	}
+	return a.stop(ctx, c)
+}
+
 // claimFor claims device for the container c (an existing one) before it
 // is started; own are containers of the same object that do not count.
 func (a *applier) claimFor(c *runtime.ObservedContainer, own ...string) error {
@@ -569,7 +576,7 @@ func (a *applier) remove(ctx context.Context, act *Action) (Status, error) {
 	if act.Old == nil { // leftovers only
 		return done(a.removeLeftovers(ctx, act))
 	}
-	if err := a.stop(ctx, act.Old); err != nil {
+	if err := a.stopForGood(ctx, act.Old); err != nil {
 		return a.failed(ctx, err)
 	}
 	a.step(act, StepStopped)
@@ -854,7 +861,9 @@ func (a *applier) rollback(ctx context.Context, act *Action, old *runtime.Observ
 		err = a.eng.StartContainer(cctx, old.ID)
 	}
 	if err == nil {
-		err = a.eng.WaitRunning(cctx, old.ID, runtime.WaitOptions{MinUptime: a.plan.desired.Update.MinUptime, Timeout: a.plan.desired.Update.StartTimeout})
+		// Its own healthcheck, if it has one (act.Spec is the new spec):
+		// restored means running as before, healthy included.
+		err = a.eng.WaitRunning(cctx, old.ID, runtime.WaitOptions{Healthy: true, MinUptime: a.plan.desired.Update.MinUptime, Timeout: a.plan.desired.Update.StartTimeout})
 	}
 	if err != nil {
 		return StatusFailed, fmt.Errorf("new container failed: %w; rollback failed too: %v", cause, err)

@@ -448,8 +448,9 @@ func TestInterruptedRecreateWithFailingNewContainerIsRolledBack(t *testing.T) {
 	l.applyOK(ctx)
 	old := l.containers(ctx)[l.name+"-alpha"]
 
-	// What a crash leaves: the old container set aside, the new one (which
-	// cannot start) created under the real name.
+	// What a crash while the new container is watched leaves: the old
+	// container set aside, the new one (which fails) created and started
+	// under the real name. (One never started is made again instead.)
 	l.write("sut/alpha.lab.yaml", "command: [testflinger-agent, -c, /nonexistent.conf]\n")
 	lb, err := lab.Load(os.DirFS(l.dir), lab.LoadOptions{})
 	if err != nil {
@@ -468,7 +469,11 @@ func TestInterruptedRecreateWithFailingNewContainerIsRolledBack(t *testing.T) {
 	if err := l.rt.RenameContainer(ctx, old.ID, spec.ContainerName+runtime.AsideSuffix); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := l.rt.CreateContainer(ctx, spec, runtime.CreateOptions{Lab: l.name, Revision: "new"}); err != nil {
+	newID, err := l.rt.CreateContainer(ctx, spec, runtime.CreateOptions{Lab: l.name, Revision: "new"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.rt.StartContainer(ctx, newID); err != nil {
 		t.Fatal(err)
 	}
 

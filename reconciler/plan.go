@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math"
 	"sort"
+	"strings"
 
 	"github.com/labsync/labsync/lab"
 	"github.com/labsync/labsync/runtime"
@@ -298,10 +299,15 @@ func (p *Changeset) hold(name string, found []runtime.ObservedContainer, reasons
 func (p *Changeset) planContainer(spec *lab.ContainerSpec, found []runtime.ObservedContainer, images map[string]string, opts PlanOptions) {
 	force := opts.Recreate
 	var primary, aside *runtime.ObservedContainer
-	var others []runtime.ObservedContainer
+	// others are duplicates and containers of an old name; the
+	// never-started ones come last, and are never taken for the object's
+	// container.
+	var others, unstarted []runtime.ObservedContainer
 	for i := range found {
 		c := &found[i]
 		switch {
+		case neverStarted(c):
+			unstarted = append(unstarted, *c)
 		case c.Name == spec.ContainerName && primary == nil:
 			primary = c
 		case c.Name == spec.ContainerName+runtime.AsideSuffix && aside == nil:
@@ -310,6 +316,8 @@ func (p *Changeset) planContainer(spec *lab.ContainerSpec, found []runtime.Obser
 			others = append(others, *c)
 		}
 	}
+	renamed := len(others)
+	others = append(others, unstarted...)
 	base := Action{ObjectKind: string(spec.Kind), Object: spec.Name, Target: spec.ContainerName, Spec: spec}
 	switch {
 	case primary != nil && aside != nil && len(explain(primary, spec, images)) == 0:
@@ -369,8 +377,11 @@ func (p *Changeset) planContainer(spec *lab.ContainerSpec, found []runtime.Obser
 			a.Kind = Restore
 			a.Reasons = []string{"restore the container set aside by an interrupted recreate"}
 		}
+		if len(unstarted) > 0 {
+			a.Reasons = append(a.Reasons, leftoverReasons(unstarted)...)
+		}
 		p.add(a)
-	case len(others) > 0:
+	case renamed > 0:
 		a := base
 		a.Kind = Recreate
 		a.Old = &others[0]
@@ -389,14 +400,30 @@ func (p *Changeset) planContainer(spec *lab.ContainerSpec, found []runtime.Obser
 		a := base
 		a.Kind = Create
 		a.Reasons = []string{"declared in " + sourceList(spec) + ", no container yet"}
+		if len(others) > 0 {
+			// Only never-started containers: removed first.
+			a.Leftovers = others
+			a.Reasons = leftoverReasons(others)
+		}
 		p.add(a)
 	}
+}
+
+// neverStarted reports whether c was created and never started. Such a
+// container may be half-made: labelled with its final spec hash at create,
+// but stopped by a crash before its networks, files or labsync-agent were
+// added. It never counts as the object's container; it is removed and
+// made again. A container set aside was started once: it is the old one.
+func neverStarted(c *runtime.ObservedContainer) bool {
+	return c.State == "created" && !c.Aside
 }
 
 func leftoverReasons(l []runtime.ObservedContainer) []string {
 	var out []string
 	for _, c := range l {
-		if c.Aside {
+		if neverStarted(&c) {
+			out = append(out, fmt.Sprintf("%s was created but never started: an apply may have stopped while making it", c.Name))
+		} else if c.Aside {
 			out = append(out, fmt.Sprintf("%s is left over from an interrupted recreate", c.Name))
 		} else {
 			out = append(out, fmt.Sprintf("%s is a duplicate of this object", c.Name))
@@ -414,7 +441,8 @@ func sourceList(spec *lab.ContainerSpec) string {
 
 func (p *Changeset) planPrune(desired *lab.Desired, observed *runtime.Observed, byObject map[objKey][]runtime.ObservedContainer, declared map[objKey]bool, opts PlanOptions) {
 	var orphans []Action
-	observedAgents, orphanAgents := 0, 0
+	observedAgents, orphanAgents, observedServices := 0, 0, 0
+	var orphanServices []string
 	keys := make([]objKey, 0, len(byObject))
 	for k := range byObject {
 		keys = append(keys, k)
@@ -426,14 +454,20 @@ func (p *Changeset) planPrune(desired *lab.Desired, observed *runtime.Observed, 
 		return keys[i].name < keys[j].name
 	})
 	for _, k := range keys {
-		if k.kind == lab.KindAgent {
+		switch k.kind {
+		case lab.KindAgent:
 			observedAgents++
+		case lab.KindService:
+			observedServices++
 		}
 		if declared[k] {
 			continue
 		}
-		if k.kind == lab.KindAgent {
+		switch k.kind {
+		case lab.KindAgent:
 			orphanAgents++
+		case lab.KindService:
+			orphanServices = append(orphanServices, k.name)
 		}
 		for i := range byObject[k] {
 			c := byObject[k][i]
@@ -475,19 +509,50 @@ func (p *Changeset) planPrune(desired *lab.Desired, observed *runtime.Observed, 
 		p.Warnings = append(p.Warnings, fmt.Sprintf("prune is disabled in lab.yaml: %d object(s) no longer declared are kept", len(orphans)))
 		return
 	}
-	allowed := int(math.Floor(desired.Prune.MaxFraction * float64(observedAgents)))
-	allowed = max(allowed, 1)
-	emptied := len(desired.Containers) == 0 && len(observed.Containers) > 0
-	if !opts.ForcePrune && (emptied || orphanAgents > allowed) {
+	if opts.ForcePrune {
+		p.Actions = append(p.Actions, orphans...)
+		return
+	}
+	if why, howto := pruneGuard(desired, observed, observedAgents, orphanAgents, observedServices, orphanServices); why != "" {
 		p.PruneBlocked = true
-		why := fmt.Sprintf("this revision would remove %d of %d agents, more than prune.max_fraction (%g) allows", orphanAgents, observedAgents, desired.Prune.MaxFraction)
-		if emptied {
-			why = "this revision declares no containers at all and would empty the lab"
-		}
-		p.Warnings = append(p.Warnings, fmt.Sprintf("prune guard: %s, so nothing is removed. If that is intended, apply with --force-prune or raise prune.max_fraction in lab.yaml", why))
+		p.Warnings = append(p.Warnings, fmt.Sprintf("prune guard: %s, so nothing is removed. If that is intended, %s", why, howto))
 		return
 	}
 	p.Actions = append(p.Actions, orphans...)
+}
+
+// pruneGuard says why the orphans of a revision must not be removed, and
+// how to override that; empty when they may. A revision may remove at most
+// prune.max_fraction of the agents and of the services on the host
+// (rounded down, one is always allowed), never all of the services, and
+// never every container of the lab.
+func pruneGuard(desired *lab.Desired, observed *runtime.Observed, observedAgents, orphanAgents, observedServices int, orphanServices []string) (why, howto string) {
+	frac := desired.Prune.MaxFraction
+	howto = "apply with --force-prune or raise prune.max_fraction in lab.yaml"
+	if len(desired.Containers) == 0 && len(observed.Containers) > 0 {
+		return "this revision declares no containers at all and would empty the lab", "apply with --force-prune"
+	}
+	var whys []string
+	if orphanAgents > allowedRemovals(frac, observedAgents) {
+		whys = append(whys, fmt.Sprintf("this revision would remove %d of %d agents, more than prune.max_fraction (%g) allows", orphanAgents, observedAgents, frac))
+	}
+	n := len(orphanServices)
+	switch {
+	case n > 0 && n == observedServices:
+		// The stack itself goes (a deleted compose file): never on a
+		// fraction alone.
+		whys = append(whys, fmt.Sprintf("this revision would remove %d of %d services (%s), all of them", n, observedServices, strings.Join(orphanServices, ", ")))
+		howto = "apply with --force-prune"
+	case n > allowedRemovals(frac, observedServices):
+		whys = append(whys, fmt.Sprintf("this revision would remove %d of %d services (%s), more than prune.max_fraction (%g) allows", n, observedServices, strings.Join(orphanServices, ", "), frac))
+	}
+	return strings.Join(whys, "; "), howto
+}
+
+// allowedRemovals is how many of n objects of one kind a revision may
+// remove: prune.max_fraction of them, rounded down, and at least one.
+func allowedRemovals(frac float64, n int) int {
+	return max(int(math.Floor(frac*float64(n))), 1)
 }
 
 // stopDeviceConflicts stops, before any agent is created, each running

@@ -87,6 +87,40 @@ func withDevices(fsys fstest.MapFS) fstest.MapFS {
 	return fsys
 }
 
+// oneService is planLab without the api service.
+func oneService(fsys fstest.MapFS) fstest.MapFS {
+	fsys["docker-compose.yaml"] = &fstest.MapFile{Data: []byte(`services:
+  redis:
+    image: redis:7
+    volumes: [data:/data]
+networks:
+  lab: {}
+volumes:
+  data: {}
+`)}
+	delete(fsys, "api/Dockerfile")
+	return fsys
+}
+
+// quietBeta is planLab with a change to beta's conf.
+func quietBeta(agents ...string) fstest.MapFS {
+	fsys := planLab(agents...)
+	fsys["sut/beta.conf"].Data = []byte(agentConf("beta") + "logging_quiet: true\n")
+	return fsys
+}
+
+// specOf returns the spec hash and fields of object in fsys.
+func specOf(t *testing.T, fsys fstest.MapFS, object string) (string, map[string]string) {
+	t.Helper()
+	for _, c := range compile(t, fsys).Containers {
+		if c.Name == object {
+			return c.Hash, c.Fields
+		}
+	}
+	t.Fatalf("no container %s", object)
+	return "", nil
+}
+
 func find(o *runtime.Observed, object string) *runtime.ObservedContainer {
 	for i := range o.Containers {
 		if o.Containers[i].Object == object {
@@ -130,6 +164,21 @@ func TestPlanGolden(t *testing.T) {
 		{name: "prune-guard-empty-lab", desired: func(t *testing.T) *lab.Desired {
 			return compile(t, fstest.MapFS{"lab.yaml": {Data: []byte("name: plan\n")}})
 		}},
+		{name: "prune-guard-services", desired: func(t *testing.T) *lab.Desired {
+			// The compose file is deleted: the agents stay, the stack goes.
+			fsys := planLab(four...)
+			delete(fsys, "docker-compose.yaml")
+			return compile(t, fsys)
+		}},
+		{name: "prune-guard-last-service", desired: func(t *testing.T) *lab.Desired {
+			fsys := planLab(four...)
+			delete(fsys, "docker-compose.yaml")
+			fsys["lab.yaml"].Data = append(fsys["lab.yaml"].Data, []byte("prune:\n  max_fraction: 1\n")...)
+			return compile(t, fsys)
+		}, base: func(t *testing.T) *lab.Desired {
+			return compile(t, oneService(planLab("alpha", "beta", "delta", "gamma")))
+		}},
+		{name: "orphan-service", desired: func(t *testing.T) *lab.Desired { return compile(t, oneService(planLab(four...))) }},
 		{name: "prune-disabled", desired: func(t *testing.T) *lab.Desired {
 			fsys := planLab("alpha", "beta", "delta")
 			fsys["lab.yaml"].Data = append(fsys["lab.yaml"].Data, []byte("prune:\n  enabled: false\n")...)
@@ -148,6 +197,22 @@ func TestPlanGolden(t *testing.T) {
 			d.ID, d.Name, d.Aside = "id-delta-old", "delta"+runtime.AsideSuffix, true
 			o.Containers = append(o.Containers, d)
 		}},
+		{name: "half-made", desired: func(t *testing.T) *lab.Desired { return compile(t, quietBeta(four...)) },
+			observe: func(o *runtime.Observed) {
+				// alpha: made, then the apply stopped before its files.
+				a := find(o, "alpha")
+				a.State, a.Status = "created", "Created"
+				// beta: a recreate stopped while making the new container.
+				b := find(o, "beta")
+				newBeta := *b
+				b.Name, b.Aside, b.State, b.Status = "beta"+runtime.AsideSuffix, true, "exited", "Exited (0) 1 minute ago"
+				newBeta.ID, newBeta.State, newBeta.Status = "id-beta-new", "created", "Created"
+				newBeta.Hash, newBeta.Fields = specOf(t, quietBeta(four...), "beta")
+				// delta: in sync, next to a never-started duplicate.
+				dup := *find(o, "delta")
+				dup.ID, dup.Name, dup.State, dup.Status = "id-delta-dup", "lab-delta", "created", "Created"
+				o.Containers = append(o.Containers, newBeta, dup)
+			}},
 		{name: "device-moves-to-new-agent", desired: func(t *testing.T) *lab.Desired {
 			fsys := withDevices(planLab(four...))
 			fsys["sut/gamma.lab.yaml"] = &fstest.MapFile{Data: []byte("enabled: false\n")}
@@ -189,6 +254,48 @@ func TestPlanGolden(t *testing.T) {
 			j2, _ := json.Marshal(again)
 			if !bytes.Equal(j1, j2) {
 				t.Error("two plans of the same inputs differ")
+			}
+		})
+	}
+}
+
+// The prune guard counts services as it counts agents: a revision that
+// would remove more than prune.max_fraction of them, or all of them,
+// removes nothing unless forced, and the warning names them.
+func TestPruneGuardCountsServices(t *testing.T) {
+	four := []string{"alpha", "beta", "delta", "gamma"}
+	noCompose := func(fsys fstest.MapFS) fstest.MapFS { delete(fsys, "docker-compose.yaml"); return fsys }
+	cases := []struct {
+		name          string
+		base, desired fstest.MapFS
+		force         bool
+		blocked       bool
+		warns         []string
+	}{
+		{name: "compose file deleted", base: planLab(four...), desired: noCompose(planLab(four...)), blocked: true,
+			warns: []string{"2 of 2 services (api, redis)", "--force-prune"}},
+		{name: "last service", base: oneService(planLab(four...)), desired: noCompose(planLab(four...)), blocked: true,
+			warns: []string{"1 of 1 services (redis)", "all of them", "--force-prune"}},
+		{name: "forced", base: planLab(four...), desired: noCompose(planLab(four...)), force: true},
+		{name: "one of two", base: planLab(four...), desired: oneService(planLab(four...))},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := reconciler.Plan(compile(t, tc.desired), observedFrom(compile(t, tc.base)), reconciler.PlanOptions{ForcePrune: tc.force})
+			removes := 0
+			for _, a := range p.Actions {
+				if a.Kind == reconciler.Remove {
+					removes++
+				}
+			}
+			if p.PruneBlocked != tc.blocked || (removes == 0) != tc.blocked {
+				t.Fatalf("blocked = %v with %d removals, want blocked %v; warnings %q", p.PruneBlocked, removes, tc.blocked, p.Warnings)
+			}
+			all := strings.Join(p.Warnings, "\n")
+			for _, w := range tc.warns {
+				if !strings.Contains(all, w) {
+					t.Errorf("warnings lack %q: %q", w, p.Warnings)
+				}
 			}
 		})
 	}

@@ -309,11 +309,32 @@ func filesTar(files []lab.FileSpec) (io.Reader, error) {
 
 // SetRestartPolicy changes the restart policy of a container: a container
 // set aside gets "no", so a daemon restart does not bring it back.
+//
+// The engine refuses to update a container whose process has just exited
+// while it still counts it as running ("cannot update a stopped
+// container"), as happens again and again to one that restarts in a loop;
+// such a refused update also ends the loop, with the old policy kept. So
+// the update is tried again, for a few seconds, as long as the container
+// exists.
 func (c *Client) SetRestartPolicy(ctx context.Context, id, policy string) error {
-	if _, err := c.api.ContainerUpdate(ctx, id, container.UpdateConfig{RestartPolicy: restartPolicy(policy)}); err != nil {
-		return fmt.Errorf("update restart policy: %w", err)
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		_, err := c.api.ContainerUpdate(ctx, id, container.UpdateConfig{RestartPolicy: restartPolicy(policy)})
+		if err == nil {
+			return nil
+		}
+		if _, ierr := c.api.ContainerInspect(ctx, id); ierr != nil {
+			return fmt.Errorf("update restart policy: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("update restart policy: %w", err)
+		case <-tick.C:
+		}
 	}
-	return nil
 }
 
 // Preflight checks, without changing anything, what creating spec needs:
@@ -360,13 +381,34 @@ func (c *Client) StartContainer(ctx context.Context, id string) error {
 }
 
 // StopContainer stops a container, giving it timeout to exit before it is
-// killed. A container already stopped is not an error.
+// killed (see stopOptions). A container already stopped is not an error.
 func (c *Client) StopContainer(ctx context.Context, id string, timeout time.Duration) error {
-	secs := int(timeout.Seconds())
-	if err := c.api.ContainerStop(ctx, id, container.StopOptions{Timeout: &secs}); err != nil && !cerrdefs.IsNotModified(err) {
+	opts, err := stopOptions(timeout)
+	if err != nil {
+		return fmt.Errorf("stop: %w", err)
+	}
+	if err := c.api.ContainerStop(ctx, id, opts); err != nil && !cerrdefs.IsNotModified(err) {
 		return fmt.Errorf("stop: %w", err)
 	}
 	return nil
+}
+
+// ErrNegativeStopTimeout is returned for a stop timeout below zero.
+var ErrNegativeStopTimeout = errors.New("stop timeout is negative")
+
+// stopOptions gives a container timeout to exit after the stop signal,
+// rounded up to whole seconds (the engine's unit), before it is killed.
+// Zero means the engine's default grace: the container's own stop timeout,
+// else 10 s. Never zero seconds: that would kill without grace.
+func stopOptions(timeout time.Duration) (container.StopOptions, error) {
+	switch {
+	case timeout < 0:
+		return container.StopOptions{}, fmt.Errorf("%w: %s", ErrNegativeStopTimeout, timeout)
+	case timeout == 0:
+		return container.StopOptions{}, nil
+	}
+	secs := int((timeout + time.Second - 1) / time.Second)
+	return container.StopOptions{Timeout: &secs}, nil
 }
 
 // RenameContainer renames a container.
@@ -392,10 +434,11 @@ func (c *Client) RemoveContainer(ctx context.Context, id string) error {
 
 // WaitOptions say when a started container counts as up.
 type WaitOptions struct {
-	// Healthy waits for Docker's health status to be healthy.
+	// Healthy waits for Docker's health status to be healthy, when the
+	// container has a healthcheck.
 	Healthy bool
-	// MinUptime is how long a container without a healthcheck must keep
-	// running.
+	// MinUptime is how long a container without a healthcheck (or waited
+	// for without Healthy) must keep running.
 	MinUptime time.Duration
 	Timeout   time.Duration
 	// Poll is the inspect interval; 0 means 200ms.
@@ -525,10 +568,14 @@ func (c *Client) AgentActivity(ctx context.Context, id string) (Activity, error)
 	return Activity{Known: true, Busy: fresh && hb.State == "busy", JobID: hb.JobID, Since: hb.Since, Offline: fresh && hb.Offline}, nil
 }
 
-// RestartContainer stops a container (within timeout) and starts it again.
+// RestartContainer stops a container (within timeout, as StopContainer)
+// and starts it again.
 func (c *Client) RestartContainer(ctx context.Context, id string, timeout time.Duration) error {
-	secs := int(timeout.Seconds())
-	if err := c.api.ContainerRestart(ctx, id, container.StopOptions{Timeout: &secs}); err != nil {
+	opts, err := stopOptions(timeout)
+	if err != nil {
+		return fmt.Errorf("restart: %w", err)
+	}
+	if err := c.api.ContainerRestart(ctx, id, opts); err != nil {
 		return fmt.Errorf("restart: %w", err)
 	}
 	return nil

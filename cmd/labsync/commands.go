@@ -298,6 +298,9 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	if stopTimeout < 0 {
+		return fmt.Errorf("--stop-timeout %s: must not be negative (0 means the default, %s)", stopTimeout, reconciler.DefaultStopTimeout)
+	}
 	agentBin, err := runtime.FindAgentBinary(agentBinFlag)
 	if err != nil {
 		return fmt.Errorf("--agent-binary: %w", err)

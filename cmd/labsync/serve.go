@@ -171,6 +171,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if secret == "" && token == "" && !f.insecureWebhooks {
 		log.Warn("webhooks are off: set --webhook-secret-file (GitHub) or --webhook-token-file (generic), or --insecure-webhooks")
 	}
+	if f.stopTimeout < 0 {
+		return fmt.Errorf("--stop-timeout %s: must not be negative (0 means the default, %s)", f.stopTimeout, reconciler.DefaultStopTimeout)
+	}
 	agentBin, err := runtime.FindAgentBinary(f.agentBinary)
 	if err != nil {
 		return fmt.Errorf("--agent-binary: %w", err)
