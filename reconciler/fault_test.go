@@ -1,0 +1,286 @@
+package reconciler_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+
+	"github.com/labsync/labsync/internal/testenv"
+	"github.com/labsync/labsync/lab"
+	"github.com/labsync/labsync/reconciler"
+	"github.com/labsync/labsync/runtime"
+)
+
+// soak selects the full fault and crash suites (make soak); make test
+// runs a few seeds.
+func soak() bool { return os.Getenv("LABSYNC_SOAK") == "1" }
+
+// faultLabAgents is the size of the lab the fault suite converges: 20
+// agents in the full suite, 8 in make test.
+func faultLabAgents() int {
+	if soak() {
+		return 20
+	}
+	return 8
+}
+
+// faultParallelism is how many agents the fault suite changes at once.
+const faultParallelism = 8
+
+// maxFaultPasses bounds the passes a phase may need under faults. A
+// recreate makes seven mutating calls and starts again (after a rollback)
+// when one fails: with one call in five failing, one pass recreates an
+// agent with a chance of about 0.8^7 = 0.21, so twenty agents need about
+// twenty passes at worst.
+const maxFaultPasses = 30
+
+// stranger is a container the test makes without labsync's labels, under
+// a name that looks like the lab's: labsync must never touch it.
+type stranger struct {
+	id, name, started string
+}
+
+func newStranger(t *testing.T, l *liveLab, name string) stranger {
+	t.Helper()
+	ctx := context.Background()
+	c, err := l.rt.API().ContainerCreate(ctx, &container.Config{Image: l.image, Cmd: []string{"testflinger-server", "--listen", ":9"}, Labels: map[string]string{testenv.LabelTest: "stranger"}},
+		&container.HostConfig{RestartPolicy: container.RestartPolicy{Name: "always"}}, nil, nil, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = l.rt.API().ContainerRemove(context.Background(), c.ID, container.RemoveOptions{Force: true})
+	})
+	if err := l.rt.API().ContainerStart(ctx, c.ID, container.StartOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	info, err := l.rt.API().ContainerInspect(ctx, c.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return stranger{id: c.ID, name: name, started: info.State.StartedAt}
+}
+
+func (s stranger) check(t *testing.T, rt *runtime.Client) {
+	t.Helper()
+	info, err := rt.API().ContainerInspect(context.Background(), s.id)
+	if err != nil {
+		t.Errorf("stranger %s is gone: %v", s.name, err)
+		return
+	}
+	if info.Name != "/"+s.name || !info.State.Running || info.State.StartedAt != s.started || info.HostConfig.RestartPolicy.Name != "always" {
+		t.Errorf("stranger %s was touched: name %s, running %v, started %s (was %s), restart %s",
+			s.name, info.Name, info.State.Running, info.State.StartedAt, s.started, info.HostConfig.RestartPolicy.Name)
+	}
+}
+
+// planThrough plans l's lab with what rt observes.
+func (l *liveLab) planThrough(ctx context.Context, rt *runtime.Client) *reconciler.Changeset {
+	l.t.Helper()
+	lb, err := lab.Load(os.DirFS(l.dir), lab.LoadOptions{DefaultName: l.name})
+	if err != nil {
+		l.t.Fatalf("load: %v", err)
+	}
+	obs, err := rt.Observe(ctx, l.name)
+	if err != nil {
+		l.t.Fatalf("observe: %v", err)
+	}
+	return reconciler.Plan(lab.Compile(lb, lab.CompileOptions{}), obs, reconciler.PlanOptions{})
+}
+
+// convergeThrough plans and applies through rt until the plan against the
+// real engine is empty, and returns the passes it took.
+func (l *liveLab) convergeThrough(ctx context.Context, rt *runtime.Client, bound int) int {
+	l.t.Helper()
+	var last []string
+	for pass := 0; ; pass++ {
+		p := l.plan(ctx)
+		if p.Empty() {
+			return pass
+		}
+		if pass == bound {
+			l.t.Fatalf("not converged after %d passes under faults; the plan is still %v; the last pass:\n%s", bound, actionsOf(p), strings.Join(last, "\n"))
+		}
+		start := time.Now()
+		r := reconciler.Apply(ctx, rt, l.planThrough(ctx, rt), reconciler.ApplyOptions{StopTimeout: 2 * time.Second, Parallelism: faultParallelism})
+		last = []string{fmt.Sprintf("pass %d: %d actions in %s", pass+1, len(r.Results), time.Since(start).Round(time.Millisecond))}
+		for _, res := range r.Results {
+			if res.Status != reconciler.StatusOK {
+				last = append(last, fmt.Sprintf("  %s %s: %s: %s", res.Action.Kind, res.Action.Object, res.Status, res.Error))
+			}
+		}
+		l.t.Log(last[0])
+	}
+}
+
+// checkConverged asserts the lab runs exactly want (object names), each
+// once, running, with its spec's restart policy, nothing set aside.
+func (l *liveLab) checkConverged(ctx context.Context, want []string) {
+	l.t.Helper()
+	cs := l.containers(ctx)
+	var got []string
+	for name, c := range cs {
+		got = append(got, strings.TrimPrefix(name, l.name+"-"))
+		if c.State != "running" {
+			l.t.Errorf("%s is %s, want running", name, c.State)
+		}
+		info, err := l.rt.API().ContainerInspect(ctx, c.ID)
+		if err != nil {
+			l.t.Fatal(err)
+		}
+		if want := map[string]container.RestartPolicyMode{"agent": "always", "service": "no"}[c.Labels[runtime.LabelKind]]; info.HostConfig.RestartPolicy.Name != want {
+			l.t.Errorf("%s has restart policy %q, want %q", name, info.HostConfig.RestartPolicy.Name, want)
+		}
+	}
+	slices.Sort(got)
+	want = slices.Clone(want)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		l.t.Errorf("the lab's containers are %v, want %v", got, want)
+	}
+}
+
+func agentNames(n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("a%02d", i+1)
+	}
+	return out
+}
+
+// faultFigures are what one seed of the fault suite measured.
+type faultFigures struct {
+	seed     uint64
+	passes   []int // per phase
+	injected int
+	calls    int
+}
+
+// runFaultSeed converges a lab of faultLabAgents agents through a proxy
+// with faults, in three phases: create everything, recreate every agent,
+// remove a quarter of them. At no moment may two containers run for one
+// device or object; nothing may be left over; strangers stay untouched.
+func runFaultSeed(t *testing.T, seed uint64, faults []testenv.Fault) faultFigures {
+	ctx := context.Background()
+	agents := agentNames(faultLabAgents())
+	l := newLiveLab(t, agents...)
+	l.write("lab.yaml", fmt.Sprintf(`name: %[1]s
+container_prefix: %[1]s-
+agents:
+  image:
+    name: %[2]s
+  command: [testflinger-agent, -c, '{conf}']
+  healthcheck: {disable: true}
+  update:
+    min_uptime: 300ms
+    start_timeout: 30s
+`, l.name, l.image))
+	strangers := []stranger{newStranger(t, l, l.name+"-a07-1"), newStranger(t, l, l.name+"-a99")}
+	watch := testenv.WatchDevices(t, l.rt, l.name)
+	proxy := testenv.NewFaultProxy(t, seed, faults...)
+	faulty := proxy.Client(t)
+	fig := faultFigures{seed: proxy.Seed()}
+
+	check := func(phase string, want []string) {
+		t.Helper()
+		watch.Sync(t, l.rt, l.name, l.image)
+		if v := watch.Violations(); len(v) > 0 {
+			t.Errorf("%s: two containers ran at once: %v", phase, v)
+		}
+		l.checkConverged(ctx, want)
+		for _, s := range strangers {
+			s.check(t, l.rt)
+		}
+		if t.Failed() {
+			t.FailNow()
+		}
+	}
+	want := append([]string{"api"}, agents...)
+
+	fig.passes = append(fig.passes, l.convergeThrough(ctx, faulty, maxFaultPasses))
+	check("create", want)
+
+	for _, a := range agents {
+		l.write("sut/"+a+".conf", strings.Replace(agentConf(a), "polling_interval: 30", "polling_interval: 29", 1))
+	}
+	fig.passes = append(fig.passes, l.convergeThrough(ctx, faulty, maxFaultPasses))
+	check("recreate", want)
+
+	removed := agents[len(agents)*3/4:]
+	for _, a := range removed {
+		l.remove("sut/" + a + ".conf")
+		l.remove("sut/" + a + "_snappy.yaml")
+	}
+	fig.passes = append(fig.passes, l.convergeThrough(ctx, faulty, maxFaultPasses))
+	check("remove", want[:len(want)-len(removed)])
+
+	fig.injected, fig.calls = proxy.Injected(), proxy.Calls()
+	t.Logf("seed %d: passes (create, recreate, remove) %v; %s", fig.seed, fig.passes, strings.SplitN(proxy.Summary(), ":", 2)[0])
+	return fig
+}
+
+// runFaultSuite runs seeds of runFaultSeed one after another and reports
+// the figures: faults injected and passes needed, median and worst.
+func runFaultSuite(t *testing.T, faults []testenv.Fault, seeds []uint64) {
+	var figs []faultFigures
+	for _, seed := range seeds {
+		t.Run(fmt.Sprintf("seed-%d", seed), func(t *testing.T) {
+			figs = append(figs, runFaultSeed(t, seed, faults))
+		})
+	}
+	if len(figs) == 0 {
+		return
+	}
+	var passes []int
+	injected, calls := 0, 0
+	for _, f := range figs {
+		passes = append(passes, f.passes...)
+		injected += f.injected
+		calls += f.calls
+	}
+	slices.Sort(passes)
+	t.Logf("%d seed(s) x 3 phases, %d agents: passes to converge median %d, worst %d; %d faults injected in %d calls",
+		len(figs), faultLabAgents(), passes[len(passes)/2], passes[len(passes)-1], injected, calls)
+}
+
+func faultSeeds(short, full int) []uint64 {
+	n := short
+	if soak() {
+		n = full
+	}
+	seeds := make([]uint64, n)
+	for i := range seeds {
+		seeds[i] = uint64(1000 + i)
+	}
+	return seeds
+}
+
+// One mutating call in five fails: half before the engine sees it, half
+// after it did it.
+func TestFaultMutatingCallsFail(t *testing.T) {
+	t.Parallel()
+	mutating := testenv.Match{Method: testenv.MethodMutating}
+	runFaultSuite(t, []testenv.Fault{
+		{Match: mutating, Kind: testenv.FaultFail, Rate: 0.1},
+		{Match: mutating, Kind: testenv.FaultFailAfter, Rate: 0.1},
+	}, faultSeeds(1, 6))
+}
+
+// Connections drop in the middle of the apply: before a mutating call
+// reaches the engine, or after the engine did it and before the answer;
+// some reads are slow.
+func TestFaultConnectionsDropped(t *testing.T) {
+	t.Parallel()
+	mutating := testenv.Match{Method: testenv.MethodMutating}
+	runFaultSuite(t, []testenv.Fault{
+		{Match: mutating, Kind: testenv.FaultDrop, Rate: 0.1},
+		{Match: mutating, Kind: testenv.FaultDropAfter, Rate: 0.1},
+		{Match: testenv.Match{Method: "GET", Path: `^/containers/[^/]+/json$`}, Kind: testenv.FaultDelay, Rate: 0.1, Delay: 300 * time.Millisecond},
+	}, faultSeeds(1, 6))
+}
