@@ -284,3 +284,32 @@ func TestFaultConnectionsDropped(t *testing.T) {
 		{Match: testenv.Match{Method: "GET", Path: `^/containers/[^/]+/json$`}, Kind: testenv.FaultDelay, Rate: 0.1, Delay: 300 * time.Millisecond},
 	}, faultSeeds(1, 6))
 }
+
+// A rollback killed after it gave the old container its name back but
+// before its restart policy: the container is stopped with policy "no",
+// which its labels do not show. Once the revision is reverted, the start
+// that repairs it gives the policy back, so a reboot brings it up.
+func TestCrashBeforeRestartPolicyRestoreIsRepaired(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	l := newLiveLab(t, "alpha")
+	l.applyOK(ctx)
+	c := l.containers(ctx)[l.name+"-alpha"]
+	if err := l.rt.SetRestartPolicy(ctx, c.ID, "no"); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.rt.StopContainer(ctx, c.ID, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	p := l.applyOK(ctx)
+	if got := actionsOf(p); len(got) != 1 || got[0] != "start alpha" {
+		t.Fatalf("plan = %v, want [start alpha]", got)
+	}
+	info, err := l.rt.API().ContainerInspect(ctx, c.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !info.State.Running || info.HostConfig.RestartPolicy.Name != "always" {
+		t.Errorf("alpha: running %v, restart policy %q; want running with policy always", info.State.Running, info.HostConfig.RestartPolicy.Name)
+	}
+}
