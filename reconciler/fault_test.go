@@ -40,46 +40,6 @@ const faultParallelism = 8
 // twenty passes at worst.
 const maxFaultPasses = 30
 
-// stranger is a container the test makes without labsync's labels, under
-// a name that looks like the lab's: labsync must never touch it.
-type stranger struct {
-	id, name, started string
-}
-
-func newStranger(t *testing.T, l *liveLab, name string) stranger {
-	t.Helper()
-	ctx := context.Background()
-	c, err := l.rt.API().ContainerCreate(ctx, &container.Config{Image: l.image, Cmd: []string{"testflinger-server", "--listen", ":9"}, Labels: map[string]string{testenv.LabelTest: "stranger"}},
-		&container.HostConfig{RestartPolicy: container.RestartPolicy{Name: "always"}}, nil, nil, name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = l.rt.API().ContainerRemove(context.Background(), c.ID, container.RemoveOptions{Force: true})
-	})
-	if err := l.rt.API().ContainerStart(ctx, c.ID, container.StartOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	info, err := l.rt.API().ContainerInspect(ctx, c.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return stranger{id: c.ID, name: name, started: info.State.StartedAt}
-}
-
-func (s stranger) check(t *testing.T, rt *runtime.Client) {
-	t.Helper()
-	info, err := rt.API().ContainerInspect(context.Background(), s.id)
-	if err != nil {
-		t.Errorf("stranger %s is gone: %v", s.name, err)
-		return
-	}
-	if info.Name != "/"+s.name || !info.State.Running || info.State.StartedAt != s.started || info.HostConfig.RestartPolicy.Name != "always" {
-		t.Errorf("stranger %s was touched: name %s, running %v, started %s (was %s), restart %s",
-			s.name, info.Name, info.State.Running, info.State.StartedAt, s.started, info.HostConfig.RestartPolicy.Name)
-	}
-}
-
 // planThrough plans l's lab with what rt observes.
 func (l *liveLab) planThrough(ctx context.Context, rt *runtime.Client) *reconciler.Changeset {
 	l.t.Helper()
@@ -181,7 +141,7 @@ agents:
     min_uptime: 300ms
     start_timeout: 30s
 `, l.name, l.image))
-	strangers := []stranger{newStranger(t, l, l.name+"-a07-1"), newStranger(t, l, l.name+"-a99")}
+	strangers := []testenv.Stranger{testenv.StartStranger(t, l.rt, l.image, l.name+"-a07-1"), testenv.StartStranger(t, l.rt, l.image, l.name+"-a99")}
 	watch := testenv.WatchDevices(t, l.rt, l.name)
 	proxy := testenv.NewFaultProxy(t, seed, faults...)
 	faulty := proxy.Client(t)
@@ -195,7 +155,7 @@ agents:
 		}
 		l.checkConverged(ctx, want)
 		for _, s := range strangers {
-			s.check(t, l.rt)
+			s.Check(t, l.rt)
 		}
 		if t.Failed() {
 			t.FailNow()

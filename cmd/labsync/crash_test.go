@@ -304,45 +304,6 @@ func (l *crashLab) checkRuns(agents ...string) {
 	}
 }
 
-// stranger is a container made without labsync's labels, under a name
-// like the lab's.
-type stranger struct {
-	id, name, started string
-}
-
-func startStranger(t *testing.T, rt *runtime.Client, image, name string) stranger {
-	t.Helper()
-	ctx := context.Background()
-	c, err := rt.API().ContainerCreate(ctx, &container.Config{Image: image, Cmd: []string{"testflinger-server", "--listen", ":9"}, Labels: map[string]string{testenv.LabelTest: "stranger"}},
-		&container.HostConfig{RestartPolicy: container.RestartPolicy{Name: "always"}}, nil, nil, name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = rt.API().ContainerRemove(context.Background(), c.ID, container.RemoveOptions{Force: true})
-	})
-	if err := rt.API().ContainerStart(ctx, c.ID, container.StartOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	info, err := rt.API().ContainerInspect(ctx, c.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return stranger{id: c.ID, name: name, started: info.State.StartedAt}
-}
-
-func (s stranger) check(t *testing.T, rt *runtime.Client) {
-	t.Helper()
-	info, err := rt.API().ContainerInspect(context.Background(), s.id)
-	if err != nil {
-		t.Errorf("stranger %s is gone: %v", s.name, err)
-		return
-	}
-	if info.Name != "/"+s.name || !info.State.Running || info.State.StartedAt != s.started {
-		t.Errorf("stranger %s was touched: name %s, running %v, started %s (was %s)", s.name, info.Name, info.State.Running, info.State.StartedAt, s.started)
-	}
-}
-
 func runCrashPoint(t *testing.T, cp crashPoint) {
 	agents := []string{"alpha", "beta"}
 	if cp.scenario == scenarioRemove {
@@ -354,7 +315,7 @@ func runCrashPoint(t *testing.T, cp crashPoint) {
 	}
 	alpha := l.containers()["alpha"]
 	strangerName := l.name + "-alpha-1"
-	s := startStranger(t, l.rt, l.image, strangerName)
+	s := testenv.StartStranger(t, l.rt, l.image, strangerName)
 	watch := testenv.WatchDevices(t, l.rt, l.name)
 
 	want := agents
@@ -437,7 +398,7 @@ func runCrashPoint(t *testing.T, cp crashPoint) {
 		t.Errorf("two containers ran at once: %v", v)
 	}
 	l.checkRuns(want...)
-	s.check(t, l.rt)
+	s.Check(t, l.rt)
 }
 
 // TestCrashPoints kills labsync apply at each point (a few in make test,
