@@ -636,6 +636,18 @@ func (a *applier) start(ctx context.Context, act *Action) (Status, error) {
 	if err := a.removeLeftovers(ctx, act); err != nil {
 		return a.failed(ctx, err)
 	}
+	if act.Old.State == "created" {
+		// Never started: a create cut short after the engine made it
+		// may have left it without its files. Nothing ran in it, so it
+		// is made again.
+		if err := a.eng.RemoveContainer(ctx, act.Old.ID); err != nil {
+			return a.failed(ctx, err)
+		}
+		if _, err := a.bringUp(ctx, act); err != nil {
+			return a.failed(ctx, err)
+		}
+		return StatusOK, nil
+	}
 	if err := a.claimFor(act.Old); err != nil {
 		return a.failed(ctx, err)
 	}

@@ -80,7 +80,8 @@ func (l *liveLab) convergeThrough(ctx context.Context, rt *runtime.Client, bound
 }
 
 // checkConverged asserts the lab runs exactly want (object names), each
-// once, running, with its spec's restart policy, nothing set aside.
+// once, running, never restarted, with its spec's restart policy, nothing
+// set aside.
 func (l *liveLab) checkConverged(ctx context.Context, want []string) {
 	l.t.Helper()
 	cs := l.containers(ctx)
@@ -96,6 +97,9 @@ func (l *liveLab) checkConverged(ctx context.Context, want []string) {
 		}
 		if want := map[string]container.RestartPolicyMode{"agent": "always", "service": "no"}[c.Labels[runtime.LabelKind]]; info.HostConfig.RestartPolicy.Name != want {
 			l.t.Errorf("%s has restart policy %q, want %q", name, info.HostConfig.RestartPolicy.Name, want)
+		}
+		if info.RestartCount != 0 {
+			l.t.Errorf("%s was restarted %d times: it exits", name, info.RestartCount)
 		}
 	}
 	slices.Sort(got)

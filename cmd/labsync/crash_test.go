@@ -143,6 +143,7 @@ func crashPoints() []crashPoint {
 // and both sides of the engine.
 var shortCrashPoints = []string{
 	"create/create/after",
+	"create/copy-files/before",
 	"recreate/set-aside/before",
 	"recreate/start-new/after",
 	"rollback/rename-back/before",
@@ -284,7 +285,8 @@ func (l *crashLab) converge(maxRuns int) {
 }
 
 // checkRuns asserts the lab runs exactly agents, each running under its
-// name with restart policy always, nothing set aside.
+// name with restart policy always and its conf, never restarted, nothing
+// set aside.
 func (l *crashLab) checkRuns(agents ...string) {
 	l.t.Helper()
 	cs := l.containers()
@@ -296,6 +298,14 @@ func (l *crashLab) checkRuns(agents ...string) {
 		}
 		if c.HostConfig.RestartPolicy.Name != "always" {
 			l.t.Errorf("%s has restart policy %q, want always", obj, c.HostConfig.RestartPolicy.Name)
+		}
+		if c.RestartCount != 0 {
+			l.t.Errorf("%s was restarted %d times: its agent exits", obj, c.RestartCount)
+		}
+		conf, err := testenv.ReadContainerFile(context.Background(), l.rt, c.ID, "/data/testflinger-agent/sut/"+obj+".conf")
+		want, _ := os.ReadFile(l.dir + "/sut/" + obj + ".conf")
+		if err != nil || string(conf) != string(want) {
+			l.t.Errorf("%s's conf in the container is %q (%v), want the repository's %q", obj, conf, err, want)
 		}
 	}
 	slices.Sort(got)
