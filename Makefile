@@ -63,6 +63,12 @@ fuzz: ## run every fuzz target (lab loader, compose reader, webhook and MQTT sub
 	  done; \
 	done
 
+.PHONY: soak
+soak: ## fault and crash suites in full: 6 seeds of a 20-agent lab through a faulty Docker API, labsync killed at every crash point (slow)
+	@scripts/test-setup.sh
+	@set -o pipefail; LABSYNC_SOAK=1 $(GO) test -count=1 -v -timeout 60m -run 'TestFault|TestCrash' ./internal/testenv/ ./reconciler/ ./cmd/labsync/ 2>&1 | \
+	  grep -E '^(ok|FAIL|PASS|panic)|^\s*--- |passes to converge|killed at|fault_test.go|crash_test.go|faultproxy.go'
+
 .PHONY: lint
 lint: ## gofmt, go vet and staticcheck
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi

@@ -664,6 +664,11 @@ func (a *applier) start(ctx context.Context, act *Action) (Status, error) {
 	if err := a.claimFor(act.Old); err != nil {
 		return a.failed(ctx, err)
 	}
+	// A recreate cut short may have left it with restart policy "no",
+	// which the labels do not show: it gets its spec's back first.
+	if err := a.eng.SetRestartPolicy(ctx, act.Old.ID, act.Spec.Restart); err != nil {
+		return a.failed(ctx, err)
+	}
 	if err := a.eng.StartContainer(ctx, act.Old.ID); err != nil {
 		return a.failed(ctx, err)
 	}

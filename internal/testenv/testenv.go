@@ -155,6 +155,13 @@ func AgentBinary(t testing.TB) string {
 	return buildBinary(t, "labsync-agent", "./cmd/labsync-agent")
 }
 
+// LabsyncBinary builds the labsync command, for tests that run it as a
+// process of its own (to kill it, say).
+func LabsyncBinary(t testing.TB) string {
+	t.Helper()
+	return buildBinary(t, "labsync", "./cmd/labsync")
+}
+
 var buildMu sync.Mutex
 
 func buildBinary(t testing.TB, name, pkg string) string {
@@ -266,7 +273,7 @@ func Main(m *testing.M) {
 			rt.Close()
 		}
 	}
-	for _, name := range []string{"standin", "labsync-agent"} {
+	for _, name := range []string{"standin", "labsync-agent", "labsync"} {
 		_ = os.Remove(filepath.Join(os.TempDir(), fmt.Sprintf("labsync-test-%s-%d", name, os.Getpid())))
 	}
 	os.Exit(code)
