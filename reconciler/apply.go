@@ -773,39 +773,49 @@ func (a *applier) recreate(ctx context.Context, act *Action, releaseFirst bool) 
 			return StatusDeferred, w
 		}
 	}
-	if !old.Aside {
-		// Policy first: a reboot after the stop must not revive it.
-		if err := a.eng.SetRestartPolicy(ctx, old.ID, "no"); err != nil {
-			a.devices.release(act.Spec.Device, newKey(act))
-			return a.failed(ctx, fmt.Errorf("%w; the old container was left running", err))
-		}
-	}
-	if err := a.stop(ctx, old); err != nil {
-		a.devices.release(act.Spec.Device, newKey(act))
-		status, err := a.failed(ctx, err)
-		if !old.Aside {
-			cctx, cancel := cleanupContext(ctx)
-			defer cancel()
-			if perr := a.eng.SetRestartPolicy(cctx, old.ID, act.Spec.Restart); perr != nil {
-				err = errors.Join(err, fmt.Errorf("restore restart policy: %w", perr))
-			}
-		}
-		return status, err
-	}
-	a.step(act, StepStopped)
+	// Set aside first, then restart policy "no", then stop. Cut short at
+	// any point, this leaves a set-aside container, which the next plan
+	// finishes or restores (restart policy included); never a container
+	// under its own name with policy "no", which no label shows. Policy
+	// before the stop: a reboot after the stop must not revive it.
+	orig, renamed := old, false
 	if !old.Aside {
 		if err := a.eng.RenameContainer(ctx, old.ID, aside); err != nil {
 			a.devices.release(act.Spec.Device, newKey(act))
-			status, err := a.failed(ctx, err)
-			return status, errors.Join(err, a.restartOld(ctx, act, old.ID, old.Name))
+			return a.failed(ctx, fmt.Errorf("set aside: %w; the old container was left running", err))
 		}
 		a.step(act, StepSetAside)
 		// From here on the action goes on from the set-aside container,
 		// also in a later round.
 		setAside := *old
-		setAside.Name, setAside.Aside, setAside.State = aside, true, "exited"
-		act.Old, old = &setAside, &setAside
+		setAside.Name, setAside.Aside = aside, true
+		act.Old, old, renamed = &setAside, &setAside, true
 	}
+	// putBackRunning undoes the set-aside of a container that still runs.
+	putBackRunning := func(err error) error {
+		if !renamed {
+			return err
+		}
+		cctx, cancel := cleanupContext(ctx)
+		defer cancel()
+		if perr := a.putBack(cctx, old.ID, orig.Name, act.Spec.Restart); perr != nil {
+			return errors.Join(err, fmt.Errorf("put the old container back: %w; the next apply restores it", perr))
+		}
+		act.Old = orig
+		return err
+	}
+	if err := a.eng.SetRestartPolicy(ctx, old.ID, "no"); err != nil {
+		a.devices.release(act.Spec.Device, newKey(act))
+		status, err := a.failed(ctx, err)
+		return status, putBackRunning(fmt.Errorf("%w; the old container was left running", err))
+	}
+	if err := a.stop(ctx, old); err != nil {
+		a.devices.release(act.Spec.Device, newKey(act))
+		status, err := a.failed(ctx, err)
+		return status, putBackRunning(err)
+	}
+	old.State = "exited"
+	a.step(act, StepStopped)
 	if ctx.Err() != nil {
 		a.devices.release(act.Spec.Device, newKey(act))
 		return StatusInterrupted, fmt.Errorf("interrupted after the old container was set aside as %s; the next apply finishes the recreate", aside)
@@ -831,25 +841,6 @@ func (a *applier) recreate(ctx context.Context, act *Action, releaseFirst bool) 
 		return StatusInterrupted, fmt.Errorf("interrupted: %w; the old container is set aside as %s and the next apply repairs it", upErr, aside)
 	}
 	return a.rollback(ctx, act, old, act.Spec.ContainerName, upErr)
-}
-
-// restartOld starts again an old container whose recreate stopped before
-// it was set aside, with its restart policy back, if its device is free.
-func (a *applier) restartOld(ctx context.Context, act *Action, id, name string) error {
-	cctx, cancel := cleanupContext(ctx)
-	defer cancel()
-	c := *act.Old
-	c.ID, c.Name = id, name
-	if w := a.devices.claim(c.Device, c.ID, c.Name, c.ID); w != nil {
-		return fmt.Errorf("old container not restarted: %w", w)
-	}
-	if err := a.eng.SetRestartPolicy(cctx, id, act.Spec.Restart); err != nil {
-		return fmt.Errorf("restore restart policy: %w", err)
-	}
-	if err := a.eng.StartContainer(cctx, id); err != nil {
-		return fmt.Errorf("restart old container: %w", err)
-	}
-	return nil
 }
 
 // rollback restores a set-aside container after its replacement failed,

@@ -357,11 +357,12 @@ func TestInterruptedRecreateIsRepaired(t *testing.T) {
 	l.applyOK(context.Background())
 	l.write("sut/alpha.conf", strings.Replace(agentConf("alpha"), "polling_interval: 30", "polling_interval: 5", 1))
 
-	// Cancel the apply right after the old container is set aside.
+	// Cancel the apply right after the old container is set aside and
+	// stopped.
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	_, r := l.apply(ctx, reconciler.ApplyOptions{OnStep: func(a *reconciler.Action, s reconciler.Step) {
-		if s == reconciler.StepSetAside {
+		if s == reconciler.StepStopped {
 			cancel()
 		}
 	}})

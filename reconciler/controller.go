@@ -85,7 +85,7 @@ type ControllerOptions struct {
 	// replaced stop-first by this lab's.
 	AdoptLab string
 	Apply    ApplyOptions
-	Logger *slog.Logger
+	Logger   *slog.Logger
 	// History is the number of runs kept for status (default 50).
 	History int
 	// OnRun is called after every pass with its record.

@@ -127,12 +127,6 @@ func crashPoints() []crashPoint {
 		case scenarioRollback:
 			out = append(out, crashPoint{scenario: c.scenario, step: c.step, match: c.match, nth: c.nth, revert: true})
 		case scenarioRecreate:
-			if c.step == "restart-policy-no" {
-				// Reverted there, the old container runs on with
-				// restart policy "no", which no plan can see: the
-				// observed state has no restart policies.
-				continue
-			}
 			out = append(out, crashPoint{scenario: c.scenario, step: c.step, match: c.match, nth: c.nth, after: true, revert: true})
 		}
 	}
