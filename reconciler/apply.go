@@ -531,6 +531,12 @@ func (a *applier) pruneAgentBinaries(ctx context.Context) {
 
 func (a *applier) removeLeftovers(ctx context.Context, act *Action) error {
 	for _, c := range act.Leftovers {
+		if mayRun(c.State) {
+			// A duplicate that runs gets its grace to stop, as any agent.
+			if err := a.stopForGood(ctx, &c); err != nil {
+				return fmt.Errorf("stop leftover %s: %w", c.Name, err)
+			}
+		}
 		if err := a.eng.RemoveContainer(ctx, c.ID); err != nil {
 			return fmt.Errorf("remove leftover %s: %w", c.Name, err)
 		}

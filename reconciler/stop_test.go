@@ -193,3 +193,23 @@ func (l *liveLab) read(name string) string {
 	}
 	return string(b)
 }
+
+// A declared agent paused by hand is resumed, not started (the engine
+// refuses to start a paused container): the next apply converges.
+func TestPausedAgentIsResumed(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	l := newLiveLab(t, "alpha")
+	l.applyOK(ctx)
+	id := l.containers(ctx)[l.name+"-alpha"].ID
+	if err := l.rt.API().ContainerPause(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	p := l.applyOK(ctx)
+	if got := actionsOf(p); len(got) != 1 || got[0] != "start alpha" {
+		t.Fatalf("plan %v, want start alpha", got)
+	}
+	if c := l.containers(ctx)[l.name+"-alpha"]; c.ID != id || c.State != "running" {
+		t.Fatalf("alpha is %s %s, want %s running", c.ID, c.State, id)
+	}
+}

@@ -372,12 +372,21 @@ func (c *Client) Preflight(ctx context.Context, spec *lab.ContainerSpec, asideNa
 	return nil
 }
 
-// StartContainer starts a created or stopped container.
+// StartContainer starts a created or stopped container, or resumes a
+// paused one.
 func (c *Client) StartContainer(ctx context.Context, id string) error {
-	if err := c.api.ContainerStart(ctx, id, container.StartOptions{}); err != nil {
-		return fmt.Errorf("start: %w", err)
+	err := c.api.ContainerStart(ctx, id, container.StartOptions{})
+	if err == nil {
+		return nil
 	}
-	return nil
+	// The engine will not start a paused container: it is resumed.
+	if info, ierr := c.api.ContainerInspect(ctx, id); ierr == nil && info.State != nil && info.State.Paused {
+		if uerr := c.api.ContainerUnpause(ctx, id); uerr != nil {
+			return fmt.Errorf("unpause: %w", uerr)
+		}
+		return nil
+	}
+	return fmt.Errorf("start: %w", err)
 }
 
 // StopContainer stops a container, giving it timeout to exit before it is
@@ -459,6 +468,10 @@ func (c *Client) WaitRunning(ctx context.Context, id string, o WaitOptions) erro
 	// running, so a remote engine's clock does not matter.
 	var runningSince time.Time
 	restarts := -1
+	// A health verdict counts once a check has ended since the wait began:
+	// a container resumed from pause keeps the verdict of the checks that
+	// failed while it was paused until its next one.
+	lastCheck, seen := "", false
 	for {
 		info, err := c.api.ContainerInspect(ctx, id)
 		if err != nil {
@@ -470,6 +483,17 @@ func (c *Client) WaitRunning(ctx context.Context, id string, o WaitOptions) erro
 		st := info.State
 		if restarts < 0 {
 			restarts = info.RestartCount
+		}
+		fresh := true
+		if st != nil && st.Health != nil {
+			end := ""
+			if n := len(st.Health.Log); n > 0 {
+				end = st.Health.Log[n-1].End.String()
+			}
+			if !seen {
+				lastCheck, seen = end, true
+			}
+			fresh = end != lastCheck || end == ""
 		}
 		switch {
 		case info.RestartCount > restarts && st != nil:
@@ -483,7 +507,7 @@ func (c *Client) WaitRunning(ctx context.Context, id string, o WaitOptions) erro
 			if st.Health.Status == "healthy" {
 				return nil
 			}
-			if st.Health.Status == "unhealthy" {
+			if st.Health.Status == "unhealthy" && fresh {
 				return fmt.Errorf("unhealthy%s", c.logTail(ctx, id))
 			}
 		case st.Running:
