@@ -58,7 +58,7 @@ agents:
   healthcheck:
     test: [CMD, labsync-agent, healthcheck]
     interval: 1s
-    timeout: 2s
+    timeout: 5s
     retries: 2
   update:
     min_uptime: 300ms
@@ -71,7 +71,7 @@ agents:
     healthcheck:
       test: ["CMD", "testflinger-server", "check", "http://localhost:8000/v1"]
       interval: 1s
-      timeout: 2s
+      timeout: 5s
       retries: 5
     volumes:
       - data:/data

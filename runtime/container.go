@@ -468,10 +468,10 @@ func (c *Client) WaitRunning(ctx context.Context, id string, o WaitOptions) erro
 	// running, so a remote engine's clock does not matter.
 	var runningSince time.Time
 	restarts := -1
-	// A health verdict counts once a check has ended since the wait began:
-	// a container resumed from pause keeps the verdict of the checks that
-	// failed while it was paused until its next one.
-	lastCheck, seen := "", false
+	// "unhealthy" ends the wait at once only when the wait saw it come: a
+	// container resumed from pause is unhealthy from the checks that
+	// failed while it was paused, and gets until the timeout to pass one.
+	staleUnhealthy, seen := false, false
 	for {
 		info, err := c.api.ContainerInspect(ctx, id)
 		if err != nil {
@@ -484,16 +484,8 @@ func (c *Client) WaitRunning(ctx context.Context, id string, o WaitOptions) erro
 		if restarts < 0 {
 			restarts = info.RestartCount
 		}
-		fresh := true
-		if st != nil && st.Health != nil {
-			end := ""
-			if n := len(st.Health.Log); n > 0 {
-				end = st.Health.Log[n-1].End.String()
-			}
-			if !seen {
-				lastCheck, seen = end, true
-			}
-			fresh = end != lastCheck || end == ""
+		if !seen && st != nil {
+			staleUnhealthy, seen = st.Health != nil && st.Health.Status == "unhealthy", true
 		}
 		switch {
 		case info.RestartCount > restarts && st != nil:
@@ -507,7 +499,10 @@ func (c *Client) WaitRunning(ctx context.Context, id string, o WaitOptions) erro
 			if st.Health.Status == "healthy" {
 				return nil
 			}
-			if st.Health.Status == "unhealthy" && fresh {
+			if st.Health.Status != "unhealthy" {
+				staleUnhealthy = false
+			}
+			if st.Health.Status == "unhealthy" && !staleUnhealthy {
 				return fmt.Errorf("unhealthy%s", c.logTail(ctx, id))
 			}
 		case st.Running:
