@@ -161,6 +161,7 @@ type Controller struct {
 	// goroutine uses them.
 	identityChecked string
 	adoptFrom       string
+	record          labRecord
 	// forcePrune is ControllerOptions.ForcePrune until a pass has planned
 	// with it. Only Run's goroutine uses it.
 	forcePrune bool
@@ -279,6 +280,9 @@ func (c *Controller) Run(ctx context.Context) error {
 			return nil
 		}
 		eventsInPass := c.queue.takeEventsInPass()
+		if run.Result == ResultError {
+			c.queue.keep(req) // its retry does what it was asked to
+		}
 		if run.Result == ResultError || run.Result == ResultFailed || run.actionsFailed {
 			c.failures++
 			d := c.backoff(c.failures)

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/docker/docker/api/types/container"
+
 	"github.com/labsync/labsync/internal/testenv"
 	"github.com/labsync/labsync/lab"
 	"github.com/labsync/labsync/reconciler"
@@ -104,10 +106,7 @@ func TestPanicInAPassIsReported(t *testing.T) {
 	if res := resultOf(r, "alpha"); res.Status != reconciler.StatusFailed || !strings.Contains(res.Error, "create exploded") {
 		t.Fatalf("action that panicked: %+v, want it failed with the panic", r.Results)
 	}
-	// The failed create is not retried on its own (it failed): a sync
-	// asks for it.
-	lc.ctrl.Sync("api: sync")
-	r = lc.waitPass(3, "sync")
+	r = lc.pass(3, "once more")
 	if r.Result != reconciler.ResultOK {
 		t.Fatalf("third pass: %s: %s", r.Result, r.Error)
 	}
@@ -244,7 +243,9 @@ func TestRenamedLabIsRefusedUntilAdopted(t *testing.T) {
 	ctx := context.Background()
 	record := t.TempDir() + "/lab-identity.json"
 	lc := newLiveController(t, func(name, image string) map[string]string { return labFiles(name, image, "alpha", "beta") }, nil,
-		func(o *reconciler.ControllerOptions) { o.Identity, o.IdentityFile = "https://git.example/lab", record })
+		func(o *reconciler.ControllerOptions) {
+			o.Identity, o.IdentityFile = "https://git.example/"+t.Name(), record
+		})
 	if r := lc.start(); r.Result != reconciler.ResultOK {
 		t.Fatalf("first pass: %s: %s", r.Result, r.Error)
 	}
@@ -277,7 +278,7 @@ func TestRenamedLabIsRefusedUntilAdopted(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, c := range obs.Containers {
-		if c.State != "running" || c.Source != "https://git.example/lab" {
+		if c.State != "running" || c.Source != "https://git.example/"+t.Name() {
 			t.Errorf("new container %s: %s, source %q", c.Name, c.State, c.Source)
 		}
 	}
@@ -293,20 +294,116 @@ func TestTwoLabsOfOneNameAreRefused(t *testing.T) {
 	ctx := context.Background()
 	lc := newLiveController(t, func(name, image string) map[string]string { return labFiles(name, image, "alpha") }, nil,
 		func(o *reconciler.ControllerOptions) {
-			o.Identity, o.IdentityFile = "https://git.example/team-a/lab", t.TempDir()+"/lab-identity.json"
+			o.Identity, o.IdentityFile = "https://git.example/team-a/"+t.Name(), t.TempDir()+"/lab-identity.json"
 		})
 	if r := lc.start(); r.Result != reconciler.ResultOK {
 		t.Fatalf("first pass: %s: %s", r.Result, r.Error)
 	}
 	before := lc.agents(ctx)["alpha"]
 	// Another daemon, of another repository with the same base name.
-	lc.opts.Identity, lc.opts.IdentityFile = "https://git.example/team-b/lab", t.TempDir()+"/lab-identity.json"
+	lc.opts.Identity, lc.opts.IdentityFile = "https://git.example/team-b/"+t.Name(), t.TempDir()+"/lab-identity.json"
 	lc.commit("team b's lab", map[string]string{"sut/alpha.conf": "", "sut/alpha_snappy.yaml": "", "sut/gamma.conf": agentConf("gamma")})
 	r := lc.restart()
-	if r.Result != reconciler.ResultError || !strings.Contains(r.Error, "another lab of that name, from https://git.example/team-a/lab") {
+	if r.Result != reconciler.ResultError || !strings.Contains(r.Error, "another lab of that name, from https://git.example/team-a/"+t.Name()) {
 		t.Fatalf("second lab of the name: %s: %s; want it refused", r.Result, r.Error)
 	}
 	if got := lc.agents(ctx); len(got) != 1 || got["alpha"].ID != before.ID || got["alpha"].State != "running" {
 		t.Fatalf("the first lab's containers were touched: %v", got)
+	}
+}
+
+// A takeover under --adopt-lab goes on after a restart without the flag,
+// until no container of the old name is left: the old name's containers
+// stay visible, and a new agent on the device of one of them waits for
+// it to stop.
+func TestAdoptLabGoesOnAfterARestart(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	record := t.TempDir() + "/identity.json"
+	lc := newLiveController(t, func(name, image string) map[string]string { return labFiles(name, image, "alpha", "beta") }, nil,
+		func(o *reconciler.ControllerOptions) {
+			o.Identity, o.IdentityFile = "https://git.example/"+t.Name(), record
+		})
+	if r := lc.start(); r.Result != reconciler.ResultOK {
+		t.Fatalf("first pass: %s: %s", r.Result, r.Error)
+	}
+	oldBeta := lc.agents(ctx)["beta"]
+	newName := lc.name + "-new"
+	testenv.CleanupLab(t, lc.rt, newName)
+	labYAML := labFiles(newName, lc.image)["lab.yaml"] + "prune: {enabled: false}\n"
+	lc.commit("rename, beta gone", map[string]string{"lab.yaml": labYAML, "sut/beta.conf": "", "sut/beta_snappy.yaml": ""})
+	// The repository moved as well: the old containers carry its old URL.
+	lc.opts.AdoptLab, lc.opts.Identity = lc.name, "https://git.example/moved/"+t.Name()
+	if r := lc.restart(); r.Result != reconciler.ResultOK {
+		t.Fatalf("pass with --adopt-lab: %s: %s", r.Result, r.Error)
+	}
+	if got := lc.agents(ctx); len(got) != 1 || got["beta"].ID != oldBeta.ID {
+		t.Fatalf("old name's containers after the takeover pass: %v; want beta kept (prune is disabled)", got)
+	}
+
+	lc.opts.AdoptLab = ""
+	r := lc.restart()
+	if r.Result != reconciler.ResultOK || !strings.Contains(strings.Join(r.Plan.Warnings, "\n"), "prune is disabled") {
+		t.Fatalf("restart without the flag: %s: %s; warnings %q: the old beta is not seen", r.Result, r.Error, r.Plan.Warnings)
+	}
+	gamma := labFiles(newName, lc.image, "alpha", "gamma")
+	lc.commit("gamma on beta's device", map[string]string{"sut/gamma.conf": gamma["sut/gamma.conf"], "sut/gamma_snappy.yaml": gamma["sut/gamma_snappy.yaml"]})
+	lc.pass(2, "gamma")
+	if b := lc.agents(ctx)["beta"]; b.State == "running" {
+		t.Fatalf("gamma took beta's device while the old beta runs: %+v", b)
+	}
+}
+
+// A second lab of the name that appears after the first pass (two
+// daemons started together on an empty engine) is refused at the next
+// pass, before it is planned: its container is not pruned.
+func TestLabOfTheSameNameAppearingLaterIsRefused(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	lc := newLiveController(t, func(name, image string) map[string]string { return labFiles(name, image, "alpha") }, nil,
+		func(o *reconciler.ControllerOptions) { o.Identity = "https://git.example/team-a/" + t.Name() })
+	if r := lc.start(); r.Result != reconciler.ResultOK {
+		t.Fatalf("first pass: %s: %s", r.Result, r.Error)
+	}
+	labels := runtime.ManagedLabels(&lab.ContainerSpec{Kind: lab.KindAgent, Name: "zeta"}, lc.name, "other")
+	labels[runtime.LabelSource] = "https://git.example/team-b/" + t.Name()
+	resp, err := lc.rt.API().ContainerCreate(ctx, &container.Config{Image: lc.image, Cmd: []string{"testflinger-server", "--listen", ":8000"}, Labels: labels},
+		nil, nil, nil, lc.name+"-zeta")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := lc.pass(2, "poll")
+	if r.Result != reconciler.ResultError || !strings.Contains(r.Error, "another lab of that name") {
+		t.Fatalf("pass after the other lab's container appeared: %s: %s; want it refused", r.Result, r.Error)
+	}
+	if _, err := lc.rt.API().ContainerInspect(ctx, resp.ID); err != nil {
+		t.Fatalf("the other lab's container was removed: %v", err)
+	}
+}
+
+// Daemons of two labs may share a data folder: each keeps the record of
+// its own repository, and neither takes the other for its old name.
+func TestTwoLabsShareADataDir(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dataDir := t.TempDir()
+	a := "https://git.example/a/" + t.Name()
+	lc := newLiveController(t, func(name, image string) map[string]string { return labFiles(name, image, "alpha") }, nil,
+		func(o *reconciler.ControllerOptions) { o.Identity, o.IdentityFile = a, reconciler.IdentityFile(dataDir, a) })
+	if r := lc.start(); r.Result != reconciler.ResultOK {
+		t.Fatalf("first lab: %s: %s", r.Result, r.Error)
+	}
+	first := lc.agents(ctx)["alpha"]
+	// Another lab, of another repository and name, with the same folder.
+	other := lc.name + "-b"
+	testenv.CleanupLab(t, lc.rt, other)
+	lc.commit("lab b", map[string]string{"lab.yaml": labFiles(other, lc.image)["lab.yaml"]})
+	b := "https://git.example/b/" + t.Name()
+	lc.opts.Identity, lc.opts.IdentityFile = b, reconciler.IdentityFile(dataDir, b)
+	if r := lc.restart(); r.Result != reconciler.ResultOK {
+		t.Fatalf("second lab: %s: %s", r.Result, r.Error)
+	}
+	if got := lc.agents(ctx)["alpha"]; got.ID != first.ID || got.State != "running" {
+		t.Fatalf("the first lab's agent was touched: %+v", got)
 	}
 }

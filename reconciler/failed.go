@@ -5,8 +5,8 @@ import (
 	"time"
 )
 
-// failedChanges remembers each create or recreate that failed (the new
-// container did not come up; a recreate was rolled back) by the inputs
+// failedChanges remembers each recreate that failed (the new container
+// did not come up, and the old one was restored) by the inputs
 // that made it: its spec hash. A pass does not try the same change again
 // until its inputs change, an operator asks (Controller.Sync), or its
 // retry time comes, doubling from First up to Max. Without it, each poll
@@ -29,11 +29,14 @@ func newFailedChanges(first, max time.Duration) *failedChanges {
 	return &failedChanges{first: first, max: max, now: time.Now, records: map[string]failedRecord{}}
 }
 
-// remembered reports whether a's kind of change is remembered when it
-// fails: those that replace or add a container. Repairs (start, restore,
-// finishing an interrupted recreate) are always tried.
+// remembered reports whether a's change is remembered when it fails:
+// the replacement of a container that runs under its own name, which a
+// failure stops and restores. Everything else — creates, which have
+// nothing to keep running, and repairs (starts, restores, finishing a
+// recreate whose old container is stopped or set aside) — is always
+// tried: holding it back would leave nothing running.
 func remembered(a *Action) bool {
-	return a.Spec != nil && (a.Kind == Create || a.Kind == Recreate || a.Kind == Adopt)
+	return a.Spec != nil && (a.Kind == Recreate || a.Kind == Adopt) && a.Old != nil && a.Old.State == "running" && !a.Old.Aside
 }
 
 // retryAt is when a change that failed count times may be tried again.

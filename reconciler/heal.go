@@ -75,6 +75,11 @@ func (h *healer) heal(ctx context.Context, o runtime.ObservedContainer) {
 // marks the agents whose device is offline, and auto-heals unhealthy
 // agents when asked to. It reports whether the reading is shown.
 func (c *Controller) setObserved(ctx context.Context, seq uint64, obs *runtime.Observed) bool {
+	// Healing acts on containers: never on a reading older than the one
+	// shown, whose containers a pass may have replaced since.
+	if !c.store.newest(seq) {
+		return false
+	}
 	return c.store.setObserved(seq, obs, c.healer.check(ctx, obs))
 }
 

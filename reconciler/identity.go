@@ -2,6 +2,8 @@ package reconciler
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -30,6 +32,9 @@ type labRecord struct {
 	// Sources are the repositories the lab was run from: a repository
 	// that moved keeps its old containers' LabelSource.
 	Sources []string `json:"sources"`
+	// Adopting are old names of the lab whose containers are being taken
+	// over (--adopt-lab): the takeover goes on after a restart.
+	Adopting []string `json:"adopting,omitempty"`
 }
 
 // IdentityError is a lab that cannot be applied on this engine as it is:
@@ -72,51 +77,55 @@ func writeLabRecord(path string, r labRecord) error {
 	return os.Rename(tmp, path)
 }
 
-// checkIdentity makes sure that the lab of desired may be applied: no
-// container of its name comes from another repository, and no container
-// of this lab runs under another name, unless ControllerOptions.AdoptLab
-// names it (then its containers are taken over). It runs once per lab
-// name; obs is what the engine has of that name.
+// checkIdentity makes sure that the lab of desired may be applied, from
+// obs, what the engine has of its name: no container of it comes from
+// another repository (checked every pass, at no cost), and no container
+// of this lab runs under another name (checked once per lab name), unless
+// ControllerOptions.AdoptLab names it: then its containers are taken over.
 func (c *Controller) checkIdentity(ctx context.Context, desired *lab.Desired, obs *runtime.Observed) error {
-	if c.identityChecked == desired.Lab {
+	if c.identityChecked != desired.Lab {
+		if err := c.establishIdentity(ctx, desired); err != nil {
+			return err
+		}
+	}
+	if c.opts.Identity == "" {
 		return nil
 	}
+	grew := false
+	for _, o := range obs.Containers {
+		if o.Source == "" || slices.Contains(c.record.Sources, o.Source) {
+			continue
+		}
+		if c.opts.AdoptLab != desired.Lab {
+			return &IdentityError{Msg: fmt.Sprintf("lab %s: container %s on this engine belongs to another lab of that name, from %s; two labs must not share a name on one engine: give this one another name (name: in lab.yaml). If it is this lab, whose repository moved from there, start labsync once with --adopt-lab %s",
+				desired.Lab, o.Name, o.Source, desired.Lab)}
+		}
+		c.record.Sources, grew = append(c.record.Sources, o.Source), true
+	}
+	if grew {
+		return c.saveRecord()
+	}
+	return nil
+}
+
+// establishIdentity reads the lab's record, finds the lab's containers
+// under other names (the recorded one, one being taken over, those
+// stamped with this lab's repository, and AdoptLab), and records the lab.
+func (c *Controller) establishIdentity(ctx context.Context, desired *lab.Desired) error {
 	rec, err := readLabRecord(c.opts.IdentityFile)
 	if err != nil {
 		return fmt.Errorf("read the lab record: %w", err)
 	}
-	ours := []string{}
-	if c.opts.Identity != "" {
-		ours = append(ours, c.opts.Identity)
+	if c.opts.Identity != "" && !slices.Contains(rec.Sources, c.opts.Identity) {
+		rec.Sources = append(rec.Sources, c.opts.Identity)
 	}
-	if rec.Name == desired.Lab {
-		ours = append(ours, rec.Sources...)
-	}
-	adopt := c.opts.AdoptLab
-	if c.opts.Identity != "" {
-		for _, o := range obs.Containers {
-			if o.Source == "" || slices.Contains(ours, o.Source) {
-				continue
-			}
-			if adopt != desired.Lab {
-				return &IdentityError{Msg: fmt.Sprintf("lab %s: container %s on this engine belongs to another lab of that name, from %s; two labs must not share a name on one engine: give this one another name (name: in lab.yaml). If it is this lab, whose repository moved from there, start labsync once with --adopt-lab %s",
-					desired.Lab, o.Name, o.Source, desired.Lab)}
-			}
-			ours = append(ours, o.Source)
+	candidates := map[string]bool{}
+	for _, name := range append([]string{rec.Name, c.opts.AdoptLab}, rec.Adopting...) {
+		if name != "" && name != desired.Lab {
+			candidates[name] = true
 		}
 	}
-	// The lab's containers under another name: the recorded one, and
-	// those stamped with this lab's repository.
 	old := map[string]int{}
-	if rec.Name != "" && rec.Name != desired.Lab {
-		o, err := c.opts.Docker.Observe(ctx, rec.Name)
-		if err != nil {
-			return err
-		}
-		if n := len(o.Containers); n > 0 {
-			old[rec.Name] = n
-		}
-	}
 	if c.opts.Identity != "" {
 		labs, err := c.opts.Docker.LabsOf(ctx, c.opts.Identity)
 		if err != nil {
@@ -125,7 +134,17 @@ func (c *Controller) checkIdentity(ctx context.Context, desired *lab.Desired, ob
 		for name, n := range labs {
 			if name != desired.Lab {
 				old[name] = n
+				delete(candidates, name)
 			}
+		}
+	}
+	for name := range candidates {
+		o, err := c.opts.Docker.Observe(ctx, name)
+		if err != nil {
+			return err
+		}
+		if n := len(o.Containers); n > 0 {
+			old[name] = n
 		}
 	}
 	names := make([]string, 0, len(old))
@@ -133,35 +152,41 @@ func (c *Controller) checkIdentity(ctx context.Context, desired *lab.Desired, ob
 		names = append(names, name)
 	}
 	sort.Strings(names)
+	c.adoptFrom = ""
 	for _, name := range names {
-		if name == adopt {
+		// Asked for now, or asked for before and not done yet.
+		if c.adoptFrom == "" && (name == c.opts.AdoptLab || slices.Contains(rec.Adopting, name)) {
 			c.adoptFrom = name
 			c.log.Warn("taking over the containers of the lab's old name", "old", name, "lab", desired.Lab, "containers", old[name])
 			continue
 		}
-		return &IdentityError{Msg: fmt.Sprintf("the lab was renamed from %s to %s (name: in lab.yaml, or the repository's URL), and %d container(s) of %s still run on this engine: under the new name labsync would not see them, nor the devices they drive. Start labsync once with --adopt-lab %s to replace them with this lab's containers, or remove them (docker rm -f $(docker ps -aq --filter label=%s=%s))",
+		return &IdentityError{Msg: fmt.Sprintf("the lab was renamed from %s to %s (name: in lab.yaml, or the repository's URL), and %d container(s) of %s still run on this engine: under the new name labsync would not see them, nor the devices they drive. Start labsync once with --adopt-lab %s to replace them with this lab's containers (the takeover goes on across restarts until none is left), or remove them (docker rm -f $(docker ps -aq --filter label=%s=%s))",
 			name, desired.Lab, old[name], name, name, runtime.LabelLab, name)}
 	}
-	if c.opts.IdentityFile != "" {
-		sources := rec.Sources
-		if rec.Name != desired.Lab {
-			sources = nil
-		}
-		for _, s := range ours {
-			if !slices.Contains(sources, s) {
-				sources = append(sources, s)
-			}
-		}
-		if err := writeLabRecord(c.opts.IdentityFile, labRecord{Name: desired.Lab, Sources: sources}); err != nil {
-			return fmt.Errorf("record the lab: %w", err)
-		}
+	rec.Name, rec.Adopting = desired.Lab, nil
+	if c.adoptFrom != "" {
+		rec.Adopting = []string{c.adoptFrom}
+	}
+	c.record = rec
+	if err := c.saveRecord(); err != nil {
+		return err
 	}
 	c.identityChecked = desired.Lab
 	return nil
 }
 
+func (c *Controller) saveRecord() error {
+	if c.opts.IdentityFile == "" {
+		return nil
+	}
+	if err := writeLabRecord(c.opts.IdentityFile, c.record); err != nil {
+		return fmt.Errorf("record the lab: %w", err)
+	}
+	return nil
+}
+
 // withAdopted adds to obs the containers of the lab's old name being
-// taken over, until none is left.
+// taken over, until none is left; then the record forgets that name.
 func (c *Controller) withAdopted(ctx context.Context, obs *runtime.Observed) error {
 	if c.adoptFrom == "" {
 		return nil
@@ -172,11 +197,19 @@ func (c *Controller) withAdopted(ctx context.Context, obs *runtime.Observed) err
 	}
 	if len(old.Containers) == 0 {
 		c.log.Info("the containers of the lab's old name are all taken over", "old", c.adoptFrom)
-		c.adoptFrom = ""
-		return nil
+		c.adoptFrom, c.record.Adopting = "", nil
+		return c.saveRecord()
 	}
 	obs.Containers = append(obs.Containers, old.Containers...)
 	return nil
+}
+
+// IdentityFile is where a daemon with data folder dataDir records the lab
+// of repository source: a file per repository, so that daemons of
+// several labs may share a data folder.
+func IdentityFile(dataDir, source string) string {
+	sum := sha256.Sum256([]byte(source))
+	return filepath.Join(dataDir, "identity", hex.EncodeToString(sum[:8])+".json")
 }
 
 // NormalSource is the LabelSource of a repository URL: without

@@ -71,7 +71,7 @@ func TestFailedChangesHoldBack(t *testing.T) {
 	plan := func(hash string) *Changeset {
 		s := *spec
 		s.Hash = hash
-		return &Changeset{Actions: []Action{{Kind: Recreate, ObjectKind: "agent", Object: "alpha", Spec: &s}, {Kind: Create, ObjectKind: "agent", Object: "beta", Spec: &lab.ContainerSpec{Hash: "b"}}}}
+		return &Changeset{Actions: []Action{{Kind: Recreate, ObjectKind: "agent", Object: "alpha", Spec: &s, Old: &runtime.ObservedContainer{State: "running"}}, {Kind: Create, ObjectKind: "agent", Object: "beta", Spec: &lab.ContainerSpec{Hash: "b"}}}}
 	}
 	fail := func() {
 		f.track([]Result{{Action: plan("h1").Actions[0], Status: StatusRolledBack, Error: "new container failed"}})
@@ -107,9 +107,29 @@ func TestFailedChangesHoldBack(t *testing.T) {
 	if p := f.holdBack(plan("h1"), true); len(p.Actions) != 2 {
 		t.Fatalf("a sync did not retry: %+v", p.Actions)
 	}
+	// The old container of a recreate that failed, stopped or set aside:
+	// its repair is always tried.
+	fail()
+	stopped := plan("h1")
+	stopped.Actions[0].Old = &runtime.ObservedContainer{State: "exited", Aside: true}
+	if p := f.holdBack(stopped, false); len(p.Actions) != 2 {
+		t.Fatalf("the repair of a stopped old container was held back: %+v", p.Actions)
+	}
 	fail()
 	f.track([]Result{{Action: plan("h1").Actions[0], Status: StatusOK}})
 	if p := f.holdBack(plan("h1"), false); len(p.Actions) != 2 {
 		t.Fatalf("a success did not forget the failure: %+v", p.Actions)
+	}
+}
+
+// What a pass that could not run was asked to do is kept for its retry.
+func TestTriggerQueueKeepsRequestsOfAFailedPass(t *testing.T) {
+	q := newTriggerQueue()
+	q.addDriftCheck("schedule: drift check")
+	req := q.take()
+	q.keep(req)
+	q.note("retry")
+	if got := q.take(); !got.driftCheck || len(got.reasons) != 1 {
+		t.Errorf("retry request %+v, want the drift check kept", got)
 	}
 }

@@ -312,7 +312,7 @@ func (c *Controller) stepConverge(ctx context.Context, run *Run, req passRequest
 			return err
 		}
 		// What still differs after the apply: the drift status shows.
-		if plan, err = PlanHost(ctx, desired, obs, PlanOptions{ForcePrune: forcePrune, Drift: c.drift}, c.opts.Docker.Foreign); err != nil {
+		if plan, err = PlanHost(ctx, desired, obs, PlanOptions{ForcePrune: forcePrune, Adopt: c.opts.Adopt, Drift: c.drift}, c.opts.Docker.Foreign); err != nil {
 			return err
 		}
 	}

@@ -93,6 +93,16 @@ func (q *triggerQueue) take() passRequest {
 	return req
 }
 
+// keep puts back what a pass that could not run was asked to do besides
+// looking again (a clean slate, a sync, a drift check), for its retry.
+func (q *triggerQueue) keep(req passRequest) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.cleanSlate = q.cleanSlate || req.cleanSlate
+	q.retryFailed = q.retryFailed || req.retryFailed
+	q.driftCheck = q.driftCheck || req.driftCheck
+}
+
 // markEventsInPass notes that events came during a pass.
 func (q *triggerQueue) markEventsInPass() {
 	q.mu.Lock()

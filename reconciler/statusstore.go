@@ -120,6 +120,13 @@ func (s *statusStore) beginObservation() uint64 {
 	return s.observations
 }
 
+// newest reports whether reading seq is as new as the one shown, or newer.
+func (s *statusStore) newest(seq uint64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return seq >= s.shownObservation
+}
+
 // setObserved shows the reading seq of the host, with the agents whose
 // device is offline, unless a reading that started later is shown
 // already. It reports whether it did.

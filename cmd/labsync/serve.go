@@ -230,7 +230,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		ForcePrune:   f.forcePrune,
 		Adopt:        f.adopt,
 		Identity:     reconciler.NormalSource(src.URL()),
-		IdentityFile: filepath.Join(f.dataDir, "lab-identity.json"),
+		IdentityFile: reconciler.IdentityFile(f.dataDir, reconciler.NormalSource(src.URL())),
 		AdoptLab:     f.adoptLab,
 		Apply:        reconciler.ApplyOptions{Parallelism: f.parallelism, StopTimeout: f.stopTimeout, IgnoreBusy: f.ignoreBusy, AgentBinary: agentBin},
 		AgentMQTTDir: mq.agentSocketDir,
