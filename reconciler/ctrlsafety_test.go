@@ -389,7 +389,9 @@ func TestTwoLabsShareADataDir(t *testing.T) {
 	dataDir := t.TempDir()
 	a := "https://git.example/a/" + t.Name()
 	lc := newLiveController(t, func(name, image string) map[string]string { return labFiles(name, image, "alpha") }, nil,
-		func(o *reconciler.ControllerOptions) { o.Identity, o.IdentityFile = a, reconciler.IdentityFile(dataDir, a) })
+		func(o *reconciler.ControllerOptions) {
+			o.Identity, o.IdentityFile = a, reconciler.IdentityFile(dataDir, a)
+		})
 	if r := lc.start(); r.Result != reconciler.ResultOK {
 		t.Fatalf("first lab: %s: %s", r.Result, r.Error)
 	}

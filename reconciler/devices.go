@@ -113,14 +113,6 @@ func (l *deviceLedger) releases() int {
 	return l.released
 }
 
-// holds reports whether key holds device.
-func (l *deviceLedger) holds(device, key string) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	_, ok := l.holders[device][key]
-	return ok
-}
-
 // deviceWait is an action that cannot go on yet: the device its container
 // would run with is held by another container.
 type deviceWait struct {
