@@ -280,7 +280,7 @@ func (c *Controller) Run(ctx context.Context) error {
 			return nil
 		}
 		eventsInPass := c.queue.takeEventsInPass()
-		if run.Result == ResultError {
+		if run.Result == ResultError && !run.applied {
 			c.queue.keep(req) // its retry does what it was asked to
 		}
 		if run.Result == ResultError || run.Result == ResultFailed || run.actionsFailed {

@@ -381,8 +381,11 @@ func TestLabOfTheSameNameAppearingLaterIsRefused(t *testing.T) {
 	}
 }
 
-// Daemons of two labs may share a data folder: each keeps the record of
-// its own repository, and neither takes the other for its old name.
+// Daemons of two labs may share a data folder, each with the record of
+// its own repository. A lab that has none there yet (new, or moved) is
+// refused while a lab recorded there has containers: it may be that lab
+// moved and renamed. The error says both ways out, and nothing of the
+// first lab is touched.
 func TestTwoLabsShareADataDir(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -399,13 +402,51 @@ func TestTwoLabsShareADataDir(t *testing.T) {
 	// Another lab, of another repository and name, with the same folder.
 	other := lc.name + "-b"
 	testenv.CleanupLab(t, lc.rt, other)
-	lc.commit("lab b", map[string]string{"lab.yaml": labFiles(other, lc.image)["lab.yaml"]})
+	lc.commit("lab b", map[string]string{"lab.yaml": labFiles(other, lc.image)["lab.yaml"], "sut/alpha.conf": "", "sut/alpha_snappy.yaml": "",
+		"sut/gamma.conf": agentConf("gamma"), "sut/gamma_snappy.yaml": "device_ip: 10.250.1.99\n"})
 	b := "https://git.example/b/" + t.Name()
 	lc.opts.Identity, lc.opts.IdentityFile = b, reconciler.IdentityFile(dataDir, b)
-	if r := lc.restart(); r.Result != reconciler.ResultOK {
-		t.Fatalf("second lab: %s: %s", r.Result, r.Error)
+	r := lc.restart()
+	if r.Result != reconciler.ResultError || !strings.Contains(r.Error, "--adopt-lab "+lc.name) || !strings.Contains(r.Error, "--data-dir of its own") {
+		t.Fatalf("second lab: %s: %s; want it refused, naming both ways out", r.Result, r.Error)
 	}
 	if got := lc.agents(ctx)["alpha"]; got.ID != first.ID || got.State != "running" {
 		t.Fatalf("the first lab's agent was touched: %+v", got)
+	}
+}
+
+// A lab renamed while its repository moved is linked to its old name by
+// the record its daemon left in the data folder: it is refused, and
+// --adopt-lab takes the old containers over.
+func TestMovedAndRenamedLabIsRefused(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dataDir := t.TempDir()
+	a := "https://git.example/org/lab-" + t.Name()
+	lc := newLiveController(t, func(name, image string) map[string]string { return labFiles(name, image, "alpha") }, nil,
+		func(o *reconciler.ControllerOptions) {
+			o.Identity, o.IdentityFile = a, reconciler.IdentityFile(dataDir, a)
+		})
+	if r := lc.start(); r.Result != reconciler.ResultOK {
+		t.Fatalf("first pass: %s: %s", r.Result, r.Error)
+	}
+	newName := lc.name + "-x"
+	testenv.CleanupLab(t, lc.rt, newName)
+	lc.commit("renamed", map[string]string{"lab.yaml": labFiles(newName, lc.image)["lab.yaml"]})
+	b := "https://git.example/org/lab-x-" + t.Name()
+	lc.opts.Identity, lc.opts.IdentityFile = b, reconciler.IdentityFile(dataDir, b)
+	r := lc.restart()
+	if r.Result != reconciler.ResultError || !strings.Contains(r.Error, "--adopt-lab "+lc.name) {
+		t.Fatalf("moved and renamed lab: %s: %s; want it refused for the device", r.Result, r.Error)
+	}
+	if obs, _ := lc.rt.Observe(ctx, newName); len(obs.Containers) != 0 {
+		t.Fatalf("the moved lab made %d container(s) beside the old ones", len(obs.Containers))
+	}
+	lc.opts.AdoptLab = lc.name
+	if r := lc.restart(); r.Result != reconciler.ResultOK {
+		t.Fatalf("with --adopt-lab: %s: %s", r.Result, r.Error)
+	}
+	if old := lc.agents(ctx); len(old) != 0 {
+		t.Errorf("containers of the old name left: %v", old)
 	}
 }

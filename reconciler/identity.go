@@ -62,6 +62,34 @@ func readLabRecord(path string) (labRecord, error) {
 	return r, nil
 }
 
+// siblingRecords returns the labs recorded beside path, by name, with
+// their first repository.
+func siblingRecords(path string) (map[string]string, error) {
+	out := map[string]string{}
+	if path == "" {
+		return out, nil
+	}
+	files, err := filepath.Glob(filepath.Join(filepath.Dir(path), "*.json"))
+	if err != nil {
+		return nil, err
+	}
+	for _, f := range files {
+		if f == path {
+			continue
+		}
+		r, err := readLabRecord(f)
+		if err != nil || r.Name == "" {
+			continue // another daemon's file: not ours to judge
+		}
+		src := ""
+		if len(r.Sources) > 0 {
+			src = r.Sources[0]
+		}
+		out[r.Name] = src
+	}
+	return out, nil
+}
+
 func writeLabRecord(path string, r labRecord) error {
 	b, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
@@ -83,7 +111,8 @@ func writeLabRecord(path string, r labRecord) error {
 // of this lab runs under another name (checked once per lab name), unless
 // ControllerOptions.AdoptLab names it: then its containers are taken over.
 func (c *Controller) checkIdentity(ctx context.Context, desired *lab.Desired, obs *runtime.Observed) error {
-	if c.identityChecked != desired.Lab {
+	first := c.identityChecked != desired.Lab
+	if first {
 		if err := c.establishIdentity(ctx, desired); err != nil {
 			return err
 		}
@@ -96,7 +125,10 @@ func (c *Controller) checkIdentity(ctx context.Context, desired *lab.Desired, ob
 		if o.Source == "" || slices.Contains(c.record.Sources, o.Source) {
 			continue
 		}
-		if c.opts.AdoptLab != desired.Lab {
+		// Taken as the lab's own only in the pass that starts the lab
+		// under --adopt-lab: a lab of the name that comes later is
+		// another lab, even with the flag left on.
+		if c.opts.AdoptLab != desired.Lab || !first {
 			return &IdentityError{Msg: fmt.Sprintf("lab %s: container %s on this engine belongs to another lab of that name, from %s; two labs must not share a name on one engine: give this one another name (name: in lab.yaml). If it is this lab, whose repository moved from there, start labsync once with --adopt-lab %s",
 				desired.Lab, o.Name, o.Source, desired.Lab)}
 		}
@@ -123,6 +155,19 @@ func (c *Controller) establishIdentity(ctx context.Context, desired *lab.Desired
 	for _, name := range append([]string{rec.Name, c.opts.AdoptLab}, rec.Adopting...) {
 		if name != "" && name != desired.Lab {
 			candidates[name] = true
+		}
+	}
+	// No record of this repository: the repository may have moved. The
+	// labs other daemons recorded in the same folder are looked at too.
+	var siblings map[string]string
+	if rec.Name == "" {
+		if siblings, err = siblingRecords(c.opts.IdentityFile); err != nil {
+			return err
+		}
+		for name := range siblings {
+			if name != desired.Lab {
+				candidates[name] = true
+			}
 		}
 	}
 	old := map[string]int{}
@@ -152,13 +197,32 @@ func (c *Controller) establishIdentity(ctx context.Context, desired *lab.Desired
 		names = append(names, name)
 	}
 	sort.Strings(names)
+	// Asked for now, or asked for before and not done yet.
 	c.adoptFrom = ""
+	if old[c.opts.AdoptLab] > 0 {
+		c.adoptFrom = c.opts.AdoptLab
+	} else {
+		for _, name := range names {
+			if slices.Contains(rec.Adopting, name) {
+				c.adoptFrom = name
+				break
+			}
+		}
+	}
+	if c.adoptFrom != "" {
+		c.log.Warn("taking over the containers of the lab's old name", "old", c.adoptFrom, "lab", desired.Lab, "containers", old[c.adoptFrom])
+	}
 	for _, name := range names {
-		// Asked for now, or asked for before and not done yet.
-		if c.adoptFrom == "" && (name == c.opts.AdoptLab || slices.Contains(rec.Adopting, name)) {
-			c.adoptFrom = name
-			c.log.Warn("taking over the containers of the lab's old name", "old", name, "lab", desired.Lab, "containers", old[name])
+		if name == c.adoptFrom {
 			continue
+		}
+		if c.adoptFrom != "" {
+			return &IdentityError{Msg: fmt.Sprintf("the containers of %s are being taken over by %s; %d container(s) of %s, another old name of this lab, wait until that is done, or remove them (docker rm -f $(docker ps -aq --filter label=%s=%s))",
+				c.adoptFrom, desired.Lab, old[name], name, runtime.LabelLab, name)}
+		}
+		if src, ok := siblings[name]; ok {
+			return &IdentityError{Msg: fmt.Sprintf("this data folder holds no record of lab %s's repository, but one of lab %s, from %s, whose %d container(s) still run on this engine. If %s is this lab, whose repository moved and name changed, start labsync once with --adopt-lab %s to replace its containers with this lab's; if it is another lab, give this daemon a --data-dir of its own",
+				desired.Lab, name, src, old[name], name, name)}
 		}
 		return &IdentityError{Msg: fmt.Sprintf("the lab was renamed from %s to %s (name: in lab.yaml, or the repository's URL), and %d container(s) of %s still run on this engine: under the new name labsync would not see them, nor the devices they drive. Start labsync once with --adopt-lab %s to replace them with this lab's containers (the takeover goes on across restarts until none is left), or remove them (docker rm -f $(docker ps -aq --filter label=%s=%s))",
 			name, desired.Lab, old[name], name, name, runtime.LabelLab, name)}

@@ -34,6 +34,7 @@ type Run struct {
 	FetchTime   time.Duration   `json:"fetch_duration_ns,omitempty"`
 
 	actionsFailed bool // some action failed, whatever the result says
+	applied       bool // the pass got to apply its plan
 }
 
 // Run results.
@@ -292,6 +293,7 @@ func (c *Controller) stepConverge(ctx context.Context, run *Run, req passRequest
 				return !idle, err
 			}
 		}
+		run.applied = true
 		report := Apply(ctx, c.opts.Docker, plan, aopts)
 		run.Results = report.Results
 		c.busy.track(report.Results)

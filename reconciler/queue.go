@@ -88,6 +88,9 @@ type passRequest struct {
 func (q *triggerQueue) take() passRequest {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if len(q.pending) == 0 {
+		return passRequest{} // a spare wake-up: what is asked waits for its pass
+	}
 	req := passRequest{reasons: q.pending, cleanSlate: q.cleanSlate, retryFailed: q.retryFailed, driftCheck: q.driftCheck}
 	q.pending, q.cleanSlate, q.retryFailed, q.driftCheck = nil, false, false, false
 	return req
