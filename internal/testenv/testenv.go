@@ -13,6 +13,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	cerrdefs "github.com/containerd/errdefs"
 	"io"
 	"os"
 	"os/exec"
@@ -102,7 +103,17 @@ func RemoveLab(ctx context.Context, rt *runtime.Client, labName string) {
 	}
 	ns, _ := api.NetworkList(ctx, network.ListOptions{Filters: f})
 	for _, n := range ns {
-		_ = api.NetworkRemove(ctx, n.ID)
+		// The endpoints of containers just removed may linger a moment.
+		for try := 0; try < 50; try++ {
+			err := api.NetworkRemove(ctx, n.ID)
+			if err == nil || cerrdefs.IsNotFound(err) || ctx.Err() != nil {
+				break
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
 	}
 	vs, _ := api.VolumeList(ctx, volume.ListOptions{Filters: f})
 	for _, v := range vs.Volumes {
