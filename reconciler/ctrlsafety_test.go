@@ -131,10 +131,7 @@ func resultOf(r reconciler.Run, object string) reconciler.Result {
 func TestFailedRecreateIsNotRetriedUntilItsInputsChange(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	lc := newLiveController(t, func(name, image string) map[string]string { return labFiles(name, image, "alpha") }, nil, nil)
-	if r := lc.start(); r.Result != reconciler.ResultOK {
-		t.Fatalf("first pass: %s: %s", r.Result, r.Error)
-	}
+	lc := startedLab(t, nil, "alpha")
 	old := lc.agents(ctx)["alpha"]
 	badAgent := "command: [testflinger-agent, -c, '{conf}']\nenv: {STANDIN_EXIT_AFTER: 50ms}\n"
 	lc.commit("alpha exits at once", map[string]string{"sut/alpha.lab.yaml": badAgent})
@@ -168,11 +165,7 @@ func TestFailedRecreateIsNotRetriedUntilItsInputsChange(t *testing.T) {
 func TestForcePruneIsForTheNextPassOnly(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	lc := newLiveController(t, func(name, image string) map[string]string { return labFiles(name, image, "alpha", "beta") }, nil,
-		func(o *reconciler.ControllerOptions) { o.ForcePrune = true })
-	if r := lc.start(); r.Result != reconciler.ResultOK {
-		t.Fatalf("first pass: %s: %s", r.Result, r.Error)
-	}
+	lc := startedLab(t, func(o *reconciler.ControllerOptions) { o.ForcePrune = true }, "alpha", "beta")
 	lc.commit("remove every SUT", map[string]string{"sut/alpha.conf": "", "sut/alpha_snappy.yaml": "", "sut/beta.conf": "", "sut/beta_snappy.yaml": ""})
 	r := lc.pass(2, "empty lab")
 	if !r.Plan.PruneBlocked {
@@ -213,10 +206,7 @@ func TestStartOnAnInvalidHeadKeepsTheLastApplied(t *testing.T) {
 func TestDriftCheckRepairsAHandChange(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	lc := newLiveController(t, func(name, image string) map[string]string { return labFiles(name, image, "alpha") }, nil, nil)
-	if r := lc.start(); r.Result != reconciler.ResultOK {
-		t.Fatalf("first pass: %s: %s", r.Result, r.Error)
-	}
+	lc := startedLab(t, nil, "alpha")
 	old := lc.agents(ctx)["alpha"]
 	if err := lc.rt.SetRestartPolicy(ctx, old.ID, "no"); err != nil {
 		t.Fatal(err)
@@ -242,13 +232,9 @@ func TestRenamedLabIsRefusedUntilAdopted(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	record := t.TempDir() + "/lab-identity.json"
-	lc := newLiveController(t, func(name, image string) map[string]string { return labFiles(name, image, "alpha", "beta") }, nil,
-		func(o *reconciler.ControllerOptions) {
-			o.Identity, o.IdentityFile = "https://git.example/"+t.Name(), record
-		})
-	if r := lc.start(); r.Result != reconciler.ResultOK {
-		t.Fatalf("first pass: %s: %s", r.Result, r.Error)
-	}
+	lc := startedLab(t, func(o *reconciler.ControllerOptions) {
+		o.Identity, o.IdentityFile = "https://git.example/"+t.Name(), record
+	}, "alpha", "beta")
 	before := lc.agents(ctx)
 	newName := lc.name + "-new"
 	testenv.CleanupLab(t, lc.rt, newName)
@@ -292,13 +278,9 @@ func TestRenamedLabIsRefusedUntilAdopted(t *testing.T) {
 func TestTwoLabsOfOneNameAreRefused(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	lc := newLiveController(t, func(name, image string) map[string]string { return labFiles(name, image, "alpha") }, nil,
-		func(o *reconciler.ControllerOptions) {
-			o.Identity, o.IdentityFile = "https://git.example/team-a/"+t.Name(), t.TempDir()+"/lab-identity.json"
-		})
-	if r := lc.start(); r.Result != reconciler.ResultOK {
-		t.Fatalf("first pass: %s: %s", r.Result, r.Error)
-	}
+	lc := startedLab(t, func(o *reconciler.ControllerOptions) {
+		o.Identity, o.IdentityFile = "https://git.example/team-a/"+t.Name(), t.TempDir()+"/lab-identity.json"
+	}, "alpha")
 	before := lc.agents(ctx)["alpha"]
 	// Another daemon, of another repository with the same base name.
 	lc.opts.Identity, lc.opts.IdentityFile = "https://git.example/team-b/"+t.Name(), t.TempDir()+"/lab-identity.json"
@@ -320,13 +302,9 @@ func TestAdoptLabGoesOnAfterARestart(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	record := t.TempDir() + "/identity.json"
-	lc := newLiveController(t, func(name, image string) map[string]string { return labFiles(name, image, "alpha", "beta") }, nil,
-		func(o *reconciler.ControllerOptions) {
-			o.Identity, o.IdentityFile = "https://git.example/"+t.Name(), record
-		})
-	if r := lc.start(); r.Result != reconciler.ResultOK {
-		t.Fatalf("first pass: %s: %s", r.Result, r.Error)
-	}
+	lc := startedLab(t, func(o *reconciler.ControllerOptions) {
+		o.Identity, o.IdentityFile = "https://git.example/"+t.Name(), record
+	}, "alpha", "beta")
 	oldBeta := lc.agents(ctx)["beta"]
 	newName := lc.name + "-new"
 	testenv.CleanupLab(t, lc.rt, newName)
@@ -360,11 +338,7 @@ func TestAdoptLabGoesOnAfterARestart(t *testing.T) {
 func TestLabOfTheSameNameAppearingLaterIsRefused(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	lc := newLiveController(t, func(name, image string) map[string]string { return labFiles(name, image, "alpha") }, nil,
-		func(o *reconciler.ControllerOptions) { o.Identity = "https://git.example/team-a/" + t.Name() })
-	if r := lc.start(); r.Result != reconciler.ResultOK {
-		t.Fatalf("first pass: %s: %s", r.Result, r.Error)
-	}
+	lc := startedLab(t, func(o *reconciler.ControllerOptions) { o.Identity = "https://git.example/team-a/" + t.Name() }, "alpha")
 	labels := runtime.ManagedLabels(&lab.ContainerSpec{Kind: lab.KindAgent, Name: "zeta"}, lc.name, "other")
 	labels[runtime.LabelSource] = "https://git.example/team-b/" + t.Name()
 	resp, err := lc.rt.API().ContainerCreate(ctx, &container.Config{Image: lc.image, Cmd: []string{"testflinger-server", "--listen", ":8000"}, Labels: labels},
@@ -391,13 +365,9 @@ func TestTwoLabsShareADataDir(t *testing.T) {
 	ctx := context.Background()
 	dataDir := t.TempDir()
 	a := "https://git.example/a/" + t.Name()
-	lc := newLiveController(t, func(name, image string) map[string]string { return labFiles(name, image, "alpha") }, nil,
-		func(o *reconciler.ControllerOptions) {
-			o.Identity, o.IdentityFile = a, reconciler.IdentityFile(dataDir, a)
-		})
-	if r := lc.start(); r.Result != reconciler.ResultOK {
-		t.Fatalf("first lab: %s: %s", r.Result, r.Error)
-	}
+	lc := startedLab(t, func(o *reconciler.ControllerOptions) {
+		o.Identity, o.IdentityFile = a, reconciler.IdentityFile(dataDir, a)
+	}, "alpha")
 	first := lc.agents(ctx)["alpha"]
 	// Another lab, of another repository and name, with the same folder.
 	other := lc.name + "-b"
@@ -423,13 +393,9 @@ func TestMovedAndRenamedLabIsRefused(t *testing.T) {
 	ctx := context.Background()
 	dataDir := t.TempDir()
 	a := "https://git.example/org/lab-" + t.Name()
-	lc := newLiveController(t, func(name, image string) map[string]string { return labFiles(name, image, "alpha") }, nil,
-		func(o *reconciler.ControllerOptions) {
-			o.Identity, o.IdentityFile = a, reconciler.IdentityFile(dataDir, a)
-		})
-	if r := lc.start(); r.Result != reconciler.ResultOK {
-		t.Fatalf("first pass: %s: %s", r.Result, r.Error)
-	}
+	lc := startedLab(t, func(o *reconciler.ControllerOptions) {
+		o.Identity, o.IdentityFile = a, reconciler.IdentityFile(dataDir, a)
+	}, "alpha")
 	newName := lc.name + "-x"
 	testenv.CleanupLab(t, lc.rt, newName)
 	lc.commit("renamed", map[string]string{"lab.yaml": labFiles(newName, lc.image)["lab.yaml"]})

@@ -133,3 +133,14 @@ func (lc *liveController) agents(ctx context.Context) map[string]runtime.Observe
 	}
 	return out
 }
+
+// startedLab starts a controller of a lab of agents (labFiles), with the
+// options set by tune, and fails the test unless its first pass is ok.
+func startedLab(t *testing.T, tune func(*reconciler.ControllerOptions), agents ...string) *liveController {
+	t.Helper()
+	lc := newLiveController(t, func(name, image string) map[string]string { return labFiles(name, image, agents...) }, nil, tune)
+	if r := lc.start(); r.Result != reconciler.ResultOK {
+		t.Fatalf("first pass: %s: %s", r.Result, r.Error)
+	}
+	return lc
+}
